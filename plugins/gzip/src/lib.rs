@@ -1,0 +1,1 @@
+//! gzip stream codec for uftpd (work in progress).

@@ -1,0 +1,1 @@
+//! BLOWFISH-ECB and AES-CBC stream codecs for uftpd (work in progress).
