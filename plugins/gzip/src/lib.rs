@@ -1,1 +1,344 @@
-//! gzip stream codec for uftpd (work in progress).
+//! gzip stream codec for uftpd, wire-compatible with UFTPD 3.x, pyuftp and
+//! the Java UFTP client.
+//!
+//! Each TCP stream carries ONE gzip member (RFC 1952) that starts when the
+//! stream opens and ends, with its CRC-32/ISIZE trailer, when the encoder is
+//! [finished](codec_api::EncodeWriter::finish). The layer sits inside the
+//! encryption (if any), so it sees plain data.
+//!
+//! Facts this follows:
+//! * Java writes with `java.util.zip.GZIPOutputStream` (10-byte header, no
+//!   optional fields, one member) and reads with `GZIPInputStream`, which
+//!   accepts any header flags and reads further members when more bytes
+//!   follow a trailer. Python (UFTPD, pyuftp) uses `zlib` with `wbits=31`
+//!   (one member, sync flush after each block it writes).
+//! * The encoder here writes a 10-byte header (no name, mtime 0, OS 255)
+//!   and a single member; `flush` is a zlib sync flush.
+//! * The decoder accepts every header flag (FEXTRA, FNAME, FCOMMENT, FHCRC)
+//!   and concatenated members, and REQUIRES each member's trailer: a stream
+//!   that ends before the trailer (or has no bytes at all) is an
+//!   [`UnexpectedEof`](std::io::ErrorKind::UnexpectedEof) error, a bad CRC
+//!   or corrupt deflate data is [`InvalidData`](std::io::ErrorKind::InvalidData).
+//!
+//! Options: `level` = 0..=9 (zlib compression level), default
+//! [`DEFAULT_LEVEL`] (6, as Java's and Python's defaults).
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use codec_api::{CodecParams, PlainSink};
+//! use uftpd_gzip as _; // link the plugin so that its registration is seen
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gzip = codec_api::codec("gzip")?;
+//! let params = CodecParams::new().with_option("level", "1");
+//! let mut wire = Vec::new();
+//! let mut enc = gzip.encoder(&params, Box::new(PlainSink::new(&mut wire)))?;
+//! enc.write_all(&[b'x'; 10_000])?;
+//! enc.finish()?;
+//! assert!(wire.len() < 200 && wire.starts_with(&[0x1f, 0x8b, 8]));
+//!
+//! let mut out = Vec::new();
+//! gzip.decoder(&params, Box::new(&wire[..]))?.read_to_end(&mut out)?;
+//! assert_eq!(out, vec![b'x'; 10_000]);
+//!
+//! // A stream cut before its trailer is an error, not a short file.
+//! let cut = &wire[..wire.len() - 4];
+//! let err = gzip.decoder(&params, Box::new(cut))?.read_to_end(&mut Vec::new()).unwrap_err();
+//! assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+//! # Ok(()) }
+//! ```
+
+use std::io::{self, Read, Write};
+
+use codec_api::{CodecDescriptor, CodecError, CodecKind, CodecParams, EncodeWriter, StreamCodec};
+use flate2::Compression;
+
+/// Registered name of this codec.
+pub const NAME: &str = "gzip";
+
+/// Compression level used when the `level` option is absent.
+pub const DEFAULT_LEVEL: u32 = 6;
+
+/// The gzip codec (a stateless factory).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gzip;
+
+fn new_codec() -> Box<dyn StreamCodec> {
+    Box::new(Gzip)
+}
+
+const fn descriptor() -> CodecDescriptor {
+    CodecDescriptor::new(
+        NAME,
+        CodecKind::Compression,
+        env!("CARGO_PKG_VERSION"),
+        "gzip (RFC 1952), one member per TCP stream",
+        new_codec,
+    )
+}
+
+/// The registration record of this codec (the same one is submitted to the
+/// `codec-api` registry; referencing this static also keeps the crate
+/// linked).
+pub static DESCRIPTOR: CodecDescriptor = descriptor();
+
+inventory::submit!(descriptor());
+
+/// Reads the `level` option (0..=9, default [`DEFAULT_LEVEL`]).
+pub fn level(params: &CodecParams) -> Result<u32, CodecError> {
+    match params.option("level") {
+        None => Ok(DEFAULT_LEVEL),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(l) if l <= 9 => Ok(l),
+            _ => Err(CodecError::InvalidOption {
+                codec: NAME,
+                name: "level".into(),
+                value: v.into(),
+                reason: "expected an integer 0..=9".into(),
+            }),
+        },
+    }
+}
+
+impl StreamCodec for Gzip {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn kind(&self) -> CodecKind {
+        CodecKind::Compression
+    }
+
+    fn validate(&self, params: &CodecParams) -> Result<(), CodecError> {
+        level(params).map(|_| ())
+    }
+
+    fn encoder<'a>(
+        &self,
+        params: &CodecParams,
+        inner: Box<dyn EncodeWriter + 'a>,
+    ) -> Result<Box<dyn EncodeWriter + 'a>, CodecError> {
+        let level = level(params)?;
+        Ok(Box::new(GzipWriter {
+            inner: flate2::write::GzEncoder::new(inner, Compression::new(level)),
+        }))
+    }
+
+    fn decoder<'a>(
+        &self,
+        params: &CodecParams,
+        inner: Box<dyn Read + Send + 'a>,
+    ) -> Result<Box<dyn Read + Send + 'a>, CodecError> {
+        self.validate(params)?;
+        Ok(Box::new(GzipReader::new(inner)))
+    }
+}
+
+/// Encoder: one gzip member over the inner writer.
+struct GzipWriter<'a> {
+    inner: flate2::write::GzEncoder<Box<dyn EncodeWriter + 'a>>,
+}
+
+impl Write for GzipWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // flate2: sync flush of the deflate stream, then flush of the inner.
+        self.inner.flush()
+    }
+}
+
+impl EncodeWriter for GzipWriter<'_> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        let inner = self.inner.finish()?;
+        inner.finish()
+    }
+}
+
+/// Counts bytes taken from the inner reader (to tell "no stream at all"
+/// from a complete one).
+struct Counting<'a> {
+    inner: Box<dyn Read + Send + 'a>,
+    seen: u64,
+}
+
+impl Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decoder: concatenated gzip members, each with a checked trailer.
+struct GzipReader<'a> {
+    inner: flate2::read::MultiGzDecoder<Counting<'a>>,
+    done: bool,
+}
+
+impl<'a> GzipReader<'a> {
+    fn new(inner: Box<dyn Read + Send + 'a>) -> Self {
+        GzipReader {
+            inner: flate2::read::MultiGzDecoder::new(Counting { inner, seen: 0 }),
+            done: false,
+        }
+    }
+}
+
+fn gzip_error(e: io::Error) -> io::Error {
+    let kind = match e.kind() {
+        io::ErrorKind::UnexpectedEof => io::ErrorKind::UnexpectedEof,
+        // flate2 reports corrupt deflate data and bad headers/CRCs as
+        // InvalidInput or InvalidData; to a reader of the wire both are
+        // corrupt data.
+        io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData => io::ErrorKind::InvalidData,
+        _ => return e,
+    };
+    io::Error::new(kind, format!("gzip stream: {e}"))
+}
+
+impl Read for GzipReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf).map_err(gzip_error)?;
+        if n == 0 {
+            if self.inner.get_ref().seen == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "gzip stream: no data (missing header and trailer)",
+                ));
+            }
+            self.done = true;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codec_api::PlainSink;
+
+    fn encode(data: &[u8], level: &str) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let p = CodecParams::new().with_option("level", level);
+        let mut enc = Gzip
+            .encoder(&p, Box::new(PlainSink::new(&mut wire)))
+            .expect("encoder");
+        enc.write_all(data).expect("write");
+        enc.finish().expect("finish");
+        wire
+    }
+
+    fn decode(wire: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        Gzip.decoder(&CodecParams::new(), Box::new(wire))
+            .expect("decoder")
+            .read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn level_option() {
+        assert_eq!(level(&CodecParams::new()).expect("default"), 6);
+        let p = CodecParams::new().with_option("level", "9");
+        assert_eq!(level(&p).expect("9"), 9);
+        for bad in ["10", "-1", "fast", ""] {
+            let p = CodecParams::new().with_option("level", bad);
+            assert!(
+                matches!(Gzip.validate(&p), Err(CodecError::InvalidOption { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_is_plain_single_member() {
+        let wire = encode(b"hello", "6");
+        // ID1 ID2 CM=8 FLG=0, then MTIME(4) XFL OS
+        assert_eq!(&wire[..4], &[0x1f, 0x8b, 8, 0]);
+        // trailer: CRC32 + ISIZE (little endian)
+        let n = wire.len();
+        assert_eq!(&wire[n - 4..], &5u32.to_le_bytes());
+        assert_eq!(decode(&wire).expect("decode"), b"hello");
+    }
+
+    #[test]
+    fn empty_data_is_a_full_member() {
+        let wire = encode(b"", "6");
+        assert!(wire.len() >= 20);
+        assert_eq!(decode(&wire).expect("decode"), b"");
+    }
+
+    #[test]
+    fn empty_stream_is_an_error() {
+        let e = decode(b"").expect_err("no member");
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let wire = encode(&data, "6");
+        for cut in 0..wire.len() {
+            let e = decode(&wire[..cut]).expect_err("truncated");
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_crc_and_garbage_are_invalid_data() {
+        let mut wire = encode(b"some data to protect", "6");
+        let n = wire.len();
+        wire[n - 6] ^= 1; // CRC byte
+        assert_eq!(
+            decode(&wire).expect_err("crc").kind(),
+            io::ErrorKind::InvalidData
+        );
+        let mut wire = encode(b"abc", "6");
+        wire.extend_from_slice(b"trailing garbage");
+        assert_eq!(
+            decode(&wire).expect_err("garbage").kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn concatenated_members_and_sync_flushes() {
+        // What Python's writer produces: sync flush after each block.
+        let mut wire = Vec::new();
+        let mut enc = Gzip
+            .encoder(&CodecParams::new(), Box::new(PlainSink::new(&mut wire)))
+            .expect("encoder");
+        enc.write_all(b"first ").expect("w");
+        enc.flush().expect("sync flush");
+        enc.write_all(b"second").expect("w");
+        enc.finish().expect("finish");
+        let mut two = wire.clone();
+        two.extend_from_slice(&encode(b" third", "1"));
+        assert_eq!(decode(&two).expect("decode"), b"first second third");
+    }
+
+    #[test]
+    fn header_with_name_and_comment_is_accepted() {
+        let mut wire = Vec::new();
+        let mut enc = flate2::GzBuilder::new()
+            .filename("f.txt")
+            .comment("c")
+            .extra(vec![1, 2, 3])
+            .write(&mut wire, Compression::default());
+        enc.write_all(b"flags").expect("w");
+        enc.finish().expect("finish");
+        assert_eq!(decode(&wire).expect("decode"), b"flags");
+    }
+
+    #[test]
+    fn registered() {
+        let d = codec_api::lookup("GZIP").expect("registered");
+        assert_eq!(d.kind, CodecKind::Compression);
+        assert_eq!(DESCRIPTOR.name, d.name);
+    }
+}
