@@ -160,7 +160,7 @@ pub static AES_DESCRIPTOR: CodecDescriptor = aes_descriptor();
 inventory::submit!(blowfish_descriptor());
 inventory::submit!(aes_descriptor());
 
-fn key_of<'p>(alg: Algorithm, params: &'p CodecParams) -> Result<&'p [u8], CodecError> {
+fn key_of(alg: Algorithm, params: &CodecParams) -> Result<&[u8], CodecError> {
     let key = params
         .key_bytes()
         .ok_or(CodecError::MissingKey { codec: alg.name() })?;
