@@ -5,7 +5,8 @@ Environment:
   UFTPD_IMPL        "rust" (default) or "ref": run the reference Python UFTPD
                     instead, to develop and cross-check the tests
   UFTPD_REF         checkout of the reference UFTPD (needed with UFTPD_IMPL=ref)
-  UFTPD_REF_PYTHON  python for the reference (default: the one running pytest)
+  UFTPD_REF_PYTHON  python for the reference (default /usr/bin/python3: its
+                    lazily imported modules must be readable by the test users)
 
 The Rust daemon is started as `uftpd --config FILE`; the reference reads the
 same variables from its environment only.
@@ -187,7 +188,9 @@ class Daemon:
             script = pathlib.Path(ref) / "lib" / "UFTPD.py"
             if not script.is_file():
                 raise DaemonError(f"reference UFTPD not found: {script}")
-            python = os.environ.get("UFTPD_REF_PYTHON", sys.executable)
+            # a python that the session users can read (pyenv under /root is not)
+            default = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+            python = os.environ.get("UFTPD_REF_PYTHON", default)
             return [python, str(script)], str(script.parent)
         binary = uftpd_bin()
         if not binary.is_file():
