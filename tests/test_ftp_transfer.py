@@ -1,0 +1,322 @@
+"""Moving file data (PROTOCOL.md sections 5 and 6): RETR/STOR/APPE with REST,
+RANG and ALLO, KEEP-ALIVE, multi-stream framing, rate limit. Every transfer
+is checked byte for byte against files with random content."""
+
+import io
+import os
+import socket
+import time
+
+import pytest
+
+from helpers.ftp import read_frames, recv_all, recv_exact, write_frames
+
+MB = 1 << 20
+
+
+def bytes_available(reply):
+    """n from `150 OK <n> bytes available for reading.` (the third token, as clients read it)."""
+    assert reply.code == 150, reply
+    return int(reply.last.split(" ")[2])
+
+
+# ---------------------------------------------------------------- RETR
+def test_retr_full(site):
+    data = site.put("f.bin", size=MB + 17)
+    c = site.control()
+    r150, got, r226 = c.retr("f.bin")
+    assert r150.lines == [f"150 OK {len(data)} bytes available for reading."]
+    assert got == data
+    assert r226.lines == ["226 File transfer successful"]
+
+
+def test_retr_empty_file(site):
+    site.put("empty", data=b"")
+    r150, got, r226 = site.control().retr("empty")
+    assert r150.lines == ["150 OK 0 bytes available for reading."]
+    assert got == b"" and r226.code == 226
+
+
+def test_retr_large_file(site):
+    data = site.put("big.bin", size=24 * MB + 3)
+    r150, got, r226 = site.control().retr("big.bin")
+    assert bytes_available(r150) == len(data)
+    assert len(got) == len(data) and got == data
+    assert r226.code == 226
+
+
+def test_retr_absolute_path_and_subdir(site):
+    data = site.put("a/b/c.bin", size=4096)
+    c = site.control()
+    assert c.retr(f"{site.base}/a/b/c.bin")[1] == data
+    assert c.cmd("CWD a").code == 200
+    assert c.retr("b/c.bin")[1] == data
+
+
+def test_retr_with_rest_sends_the_rest(site):
+    data = site.put("f.bin", size=100_000)
+    _, got, r226 = site.control().retr("f.bin", pre=["REST 1000"])
+    assert got == data[1000:]
+    assert r226.code == 226
+
+
+@pytest.mark.beyond_reference  # the reference announces the whole file size
+def test_retr_with_rest_announces_remaining_bytes(site):
+    site.put("f.bin", size=100_000)
+    r150, got, _ = site.control().retr("f.bin", pre=["REST 1000"])
+    assert r150.lines == ["150 OK 99000 bytes available for reading."]
+    assert len(got) == 99000
+
+
+def test_retr_with_rang(site):
+    data = site.put("f.bin", size=100_000)
+    c = site.control()
+    r150, got, r226 = c.retr("f.bin", pre=["RANG 100 1100"])
+    assert r150.lines == ["150 OK 1000 bytes available for reading."]
+    assert got == data[100:1100]  # exclusive end
+    assert r226.code == 226
+    # the range applied to that transfer only
+    r150, got, _ = c.retr("f.bin")
+    assert bytes_available(r150) == len(data) and got == data
+
+
+def test_rang_reset(site):
+    data = site.put("f.bin", size=5000)
+    c = site.control()
+    assert c.cmd("RANG 5 10").code == 350
+    assert c.cmd("RANG 1 0").lines == ["350 Resetting range"]
+    r150, got, _ = c.retr("f.bin")
+    assert bytes_available(r150) == 5000 and got == data
+
+
+def test_rest_clears_rang(site):
+    data = site.put("f.bin", size=5000)
+    _, got, _ = site.control().retr("f.bin", pre=["RANG 10 20", "REST 5"])
+    assert got == data[5:]
+
+
+def test_ftplib_retrbinary(site):
+    data = site.put("f.bin", size=300_000)
+    ftp = site.login()
+    chunks = []
+    ftp.retrbinary("RETR f.bin", chunks.append)
+    assert b"".join(chunks) == data
+    chunks = []
+    ftp.retrbinary("RETR f.bin", chunks.append, rest=12345)
+    assert b"".join(chunks) == data[12345:]
+
+
+def test_retr_without_data_connection_is_an_error(site):
+    """PROTOCOL.md is silent on the code; the reference sends 150, then a 500."""
+    site.put("f.bin", size=10)
+    c = site.control()
+    r = c.cmd("RETR f.bin")
+    if r.code == 150:
+        r = c.read_reply()
+    assert 400 <= r.code < 600, f"RETR without a data connection: {r}"
+    assert c.cmd("NOOP").lines == ["200 OK"], "session unusable after RETR without data connection"
+
+
+def test_new_data_connection_after_failed_retr(site):
+    data = site.put("f.bin", size=1000)
+    c = site.control()
+    _, s = c.pasv()
+    with s:
+        assert c.cmd("RETR missing.bin").code == 550
+    # a fresh PASV replaces whatever is left
+    _, got, _ = c.retr("f.bin")
+    assert got == data
+
+
+def test_data_connection_closed_after_transfer(site):
+    data = site.put("f.bin", size=2000)
+    c = site.control()
+    _, s = c.pasv()
+    with s:
+        r150 = c.cmd("RETR f.bin")
+        assert recv_exact(s, bytes_available(r150)) == data
+        assert recv_all(s, 10) == b"", "data connection not closed after the transfer"
+    assert c.read_reply().code == 226
+
+
+# ---------------------------------------------------------------- STOR, APPE
+def test_stor_creates_file(site):
+    data = os.urandom(MB + 5)
+    c = site.control()
+    r150, r226 = c.stor("new.bin", data)
+    assert r150.lines == ["150 OK"]
+    assert r226.lines == ["226 File transfer successful"]
+    assert site.path("new.bin").read_bytes() == data
+    st = os.stat(site.path("new.bin"))
+    assert (st.st_uid, st.st_gid) == (site.user.uid, site.user.gid)
+
+
+def test_stor_truncates_existing(site):
+    site.put("f.bin", size=10_000)
+    new = os.urandom(10)
+    site.control().stor("f.bin", new)
+    assert site.path("f.bin").read_bytes() == new
+
+
+def test_stor_empty(site):
+    site.put("f.bin", size=100)
+    site.control().stor("f.bin", b"")
+    assert site.path("f.bin").read_bytes() == b""
+
+
+def test_stor_large(site):
+    data = os.urandom(24 * MB + 1)
+    site.control().stor("big.bin", data)
+    assert site.path("big.bin").read_bytes() == data
+
+
+def test_stor_with_rang_writes_in_place(site):
+    old = site.put("f.bin", size=1000)
+    new = os.urandom(100)
+    c = site.control()
+    r150, r226 = c.stor("f.bin", new, pre=["RANG 100 200"])
+    assert r226.code == 226
+    assert site.path("f.bin").read_bytes() == old[:100] + new + old[200:]
+
+
+def test_stor_with_rang_beyond_end(site):
+    old = site.put("f.bin", size=100)
+    new = os.urandom(50)
+    site.control().stor("f.bin", new, pre=["RANG 100 150"])
+    assert site.path("f.bin").read_bytes() == old + new
+
+
+@pytest.mark.beyond_reference  # the reference truncates the file before a REST write
+def test_stor_with_rest_does_not_truncate(site):
+    old = site.put("f.bin", size=1000)
+    new = os.urandom(200)
+    site.control().stor("f.bin", new, pre=["REST 500"])
+    assert site.path("f.bin").read_bytes() == old[:500] + new + old[700:]
+
+
+def test_stor_with_allo_reads_exactly_n(site):
+    data = os.urandom(50_000)
+    c = site.control()
+    _, s = c.pasv()
+    with s:
+        assert c.cmd(f"ALLO {len(data)}").lines == [
+            f"200 OK Will read up to {len(data)} bytes from data connection."]
+        assert c.cmd("STOR allo.bin").lines == ["150 OK"]
+        s.sendall(data)
+        # no EOF from us: the server knows the length
+        assert c.read_reply().lines == ["226 File transfer successful"]
+    assert site.path("allo.bin").read_bytes() == data
+
+
+@pytest.mark.beyond_reference  # the reference's APPE fails (and would truncate)
+def test_appe_appends(site):
+    old = site.put("log.txt", size=1000)
+    new = os.urandom(500)
+    r150, r226 = site.control().stor("log.txt", new, verb="APPE")
+    assert r150.code == 150 and r226.code == 226
+    assert site.path("log.txt").read_bytes() == old + new
+
+
+def test_ftplib_storbinary(site):
+    data = os.urandom(700_001)
+    ftp = site.login()
+    ftp.storbinary("STOR up.bin", io.BytesIO(data))
+    assert site.path("up.bin").read_bytes() == data
+    chunks = []
+    ftp.retrbinary("RETR up.bin", chunks.append)
+    assert b"".join(chunks) == data
+
+
+# ---------------------------------------------------------------- KEEP-ALIVE
+def test_keep_alive_several_transfers_on_one_connection(site):
+    a = site.put("a.bin", size=300_000)
+    b = site.put("b.bin", size=1)
+    e = site.put("e.bin", data=b"")
+    up = os.urandom(123_457)
+    c = site.control()
+    assert c.cmd("KEEP-ALIVE true").lines == ["200 OK"]
+    _, s = c.pasv()
+    with s:
+        for name, content in (("a.bin", a), ("b.bin", b), ("e.bin", e), ("a.bin", a)):
+            r150 = c.cmd(f"RETR {name}")
+            n = bytes_available(r150)
+            assert n == len(content), r150
+            assert recv_exact(s, n) == content
+            assert c.read_reply().lines == ["226 File transfer successful"]
+        # a ranged read on the same connection
+        assert c.cmd("RANG 10 20").code == 350
+        r150 = c.cmd("RETR a.bin")
+        assert bytes_available(r150) == 10
+        assert recv_exact(s, 10) == a[10:20]
+        assert c.read_reply().code == 226
+        # an upload of known length
+        assert c.cmd(f"ALLO {len(up)}").code == 200
+        assert c.cmd("STOR up.bin").lines == ["150 OK"]
+        s.sendall(up)
+        assert c.read_reply().lines == ["226 File transfer successful"]
+        # and read it back on the same connection
+        r150 = c.cmd("RETR up.bin")
+        assert recv_exact(s, bytes_available(r150)) == up
+        assert c.read_reply().code == 226
+    assert site.path("up.bin").read_bytes() == up
+
+
+# ---------------------------------------------------------------- multi-stream
+def open_streams(c, n):
+    r = c.cmd(f"NOOP {n}")
+    assert r.lines == [f"222 Opening {n} data connections"], r
+    socks = []
+    for i in range(n):
+        _, s = c.pasv() if i % 2 == 0 else c.epsv()
+        socks.append(s)
+    return socks
+
+
+@pytest.mark.parametrize("streams,size", [(2, 1_000_003), (3, 16384 * 5), (4, 7)])
+def test_multistream_retr(site, streams, size):
+    data = site.put("m.bin", size=size)
+    c = site.control()
+    socks = open_streams(c, streams)
+    try:
+        r150 = c.cmd("RETR m.bin")
+        assert bytes_available(r150) == size
+        got = read_frames(socks)
+    finally:
+        for s in socks:
+            s.close()
+    assert got == data
+    assert c.read_reply().lines == ["226 File transfer successful"]
+    # back to one stream afterwards
+    _, got, _ = c.retr("m.bin")
+    assert got == data
+
+
+@pytest.mark.parametrize("streams", [2, 4])
+def test_multistream_stor(site, streams):
+    data = os.urandom(500_001)
+    c = site.control()
+    socks = open_streams(c, streams)
+    try:
+        assert c.cmd("STOR ms.bin").lines == ["150 OK"]
+        write_frames(socks, data)
+    finally:
+        for s in socks:
+            s.shutdown(socket.SHUT_WR)
+    assert c.read_reply().lines == ["226 File transfer successful"]
+    for s in socks:
+        s.close()
+    assert site.path("ms.bin").read_bytes() == data
+
+
+# ---------------------------------------------------------------- rate limit
+@pytest.mark.beyond_reference  # the reference's limiter barely slows a 1 MB-buffered copy
+def test_rate_limit_is_honoured(site):
+    rate = 512 * 1024
+    data = site.put("slow.bin", size=3 * rate)
+    c = site.control(rateLimit=str(rate))
+    start = time.monotonic()
+    _, got, r226 = c.retr("slow.bin")
+    elapsed = time.monotonic() - start
+    assert got == data and r226.code == 226
+    # 3 s at the limit; a burst allowance may shorten that, but never to under 1 s
+    assert elapsed >= 1.0, f"3 x rateLimit bytes arrived in {elapsed:.2f}s"
