@@ -1,1 +1,143 @@
-//! UFTP data channel: multi-stream (JPARSS) framing and codec stacks (work in progress).
+//! The UFTP data channel: multi-stream (JPARSS) framing and codec stacks,
+//! shared by the daemon and the client library.
+//!
+//! A data channel is `n` connected TCP streams. Per stream, the layers
+//! are, outermost first: socket, encryption, compression, multi-stream
+//! framing (PROTOCOL.md section 6). This crate turns them into ONE
+//! [`DataWriter`] (`Write` + [`finish`](DataWriter::finish)) on the sending
+//! side and ONE [`DataReader`] (`Read` + `BufRead`) on the receiving side:
+//!
+//! * `n == 1`: no framing; the codecs (if any) sit directly on the socket.
+//! * `n > 1`: the data is cut into blocks of at most 16384 bytes, each
+//!   block split over the streams with a 16-byte header per stream
+//!   ([`frame`]); each stream has its own codec instances (own cipher
+//!   state, own gzip member).
+//!
+//! Codec and multi-stream channels run as a pipeline so that both cores
+//! work: one worker thread per TCP stream owns that stream's codecs and
+//! socket and exchanges recycled buffers with the caller through bounded
+//! queues. An error on any stream stops all of them (their sockets are
+//! shut down) and comes back to the caller as an `io::Error` naming the
+//! stream. Set socket timeouts on the `TcpStream`s to bound how long a
+//! silent peer can stall a transfer.
+//!
+//! # Example
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::net::{TcpListener, TcpStream};
+//! use uftp_datachannel::{ChannelOptions, CodecStack, DataReader, DataWriter};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Two loopback connections stand in for the passive data connections.
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! let addr = listener.local_addr()?;
+//! let mut ours = Vec::new();
+//! let mut theirs = Vec::new();
+//! for _ in 0..2 {
+//!     ours.push(TcpStream::connect(addr)?);
+//!     theirs.push(listener.accept()?.0);
+//! }
+//!
+//! // transfer request: key=<48 bytes>, algo=AES, compress=true
+//! let key = [42u8; 48];
+//! let stack = CodecStack::legacy(Some(&key), Some("AES"), true)?;
+//! let opts = ChannelOptions::default();
+//!
+//! let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+//! let sent = data.clone();
+//! let (stack2, opts2) = (stack.clone(), opts.clone());
+//! let sender = std::thread::spawn(move || -> std::io::Result<()> {
+//!     let mut w = DataWriter::new(ours, &stack2, &opts2)?;
+//!     w.write_all(&sent)?;
+//!     w.finish() // trailers, shutdown, errors of every stream
+//! });
+//!
+//! let mut r = DataReader::new(theirs, &stack, &opts)?;
+//! let mut got = Vec::new();
+//! r.read_to_end(&mut got)?; // Ok only at the verified end
+//! sender.join().expect("sender thread")?;
+//! assert_eq!(got, data);
+//! # Ok(()) }
+//! ```
+
+pub mod frame;
+pub mod pipe;
+mod reader;
+mod shared;
+mod stack;
+pub mod stream;
+mod writer;
+
+pub use codec_api::{CodecError, CodecParams};
+pub use reader::DataReader;
+pub use stack::CodecStack;
+pub use stream::{Abort, SinkStream, SourceStream};
+pub use writer::DataWriter;
+
+/// Tuning of a data channel. The defaults suit the UFTP wire format.
+#[derive(Debug, Clone)]
+pub struct ChannelOptions {
+    /// Block size of multi-stream framing when sending (clamped to
+    /// 1..=16384; Java readers reject larger blocks). Default 16384.
+    pub block_size: usize,
+    /// Blocks queued between the caller and each stream's worker.
+    /// Default 8.
+    pub queue_depth: usize,
+    /// Buffer size for single-stream pipelines and direct reads.
+    /// Default 64 KiB.
+    pub single_stream_buffer: usize,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        ChannelOptions {
+            block_size: frame::MAX_SEND_BLOCK,
+            queue_depth: 8,
+            single_stream_buffer: 64 * 1024,
+        }
+    }
+}
+
+/// Errors when setting up a data channel.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChannelError {
+    /// No streams were given.
+    #[error("a data channel needs at least one stream")]
+    NoStreams,
+    /// More streams than the frame header can number.
+    #[error("{0} streams is more than a data channel can carry")]
+    TooManyStreams(usize),
+    /// A codec could not be built (bad key, unknown codec, ...).
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Starting a worker thread failed.
+    #[error("starting a data channel worker: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ChannelError> for std::io::Error {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Io(e) => e,
+            ChannelError::Codec(c) => c.into(),
+            other => std::io::Error::new(std::io::ErrorKind::InvalidInput, other),
+        }
+    }
+}
+
+/// Codecs compiled into this build (the statically linked ones, whether or
+/// not the `inventory` registry sees them).
+pub fn builtin_codecs() -> Vec<&'static codec_api::CodecDescriptor> {
+    #[allow(unused_mut)]
+    let mut v: Vec<&'static codec_api::CodecDescriptor> = Vec::new();
+    #[cfg(feature = "legacy-cipher")]
+    {
+        v.push(&uftpd_legacy_cipher::BLOWFISH_DESCRIPTOR);
+        v.push(&uftpd_legacy_cipher::AES_DESCRIPTOR);
+    }
+    #[cfg(feature = "gzip")]
+    v.push(&uftpd_gzip::DESCRIPTOR);
+    v
+}

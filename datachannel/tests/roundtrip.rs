@@ -1,0 +1,108 @@
+//! Round trips through every stack over in-memory pipes and loopback TCP.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use common::*;
+use proptest::prelude::*;
+use uftp_datachannel::{ChannelOptions, DataReader, DataWriter};
+
+#[test]
+fn every_stack_and_stream_count_over_pipes() {
+    for (name, stack) in all_stacks() {
+        for n in 1..=8 {
+            for len in [0usize, 1, 16383, 16384, 16385, 40_000] {
+                let d = data(len, (n * 1000 + len) as u32);
+                let got = roundtrip_pipes(n, &stack, &d, &[7000, 1, 333], 5000, 4096)
+                    .unwrap_or_else(|e| panic!("{name} n={n} len={len}: {e}"));
+                assert!(got == d, "{name} n={n} len={len}: data differs");
+            }
+        }
+    }
+}
+
+fn tcp_pairs(n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for _ in 0..n {
+        a.push(TcpStream::connect(addr).expect("connect"));
+        b.push(l.accept().expect("accept").0);
+    }
+    (a, b)
+}
+
+#[test]
+fn every_stack_over_loopback_tcp() {
+    for (name, stack) in all_stacks() {
+        for n in [1usize, 2, 3, 4, 8] {
+            let d = data(300_000, n as u32);
+            let (ws, rs) = tcp_pairs(n);
+            let (st, dd) = (stack.clone(), d.clone());
+            let sender = std::thread::spawn(move || -> std::io::Result<()> {
+                let mut w = DataWriter::new(ws, &st, &ChannelOptions::default())?;
+                let mut src = &dd[..];
+                w.copy_from(&mut src)?;
+                w.finish()
+            });
+            let mut r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
+            let mut got = Vec::new();
+            r.read_to_end(&mut got)
+                .unwrap_or_else(|e| panic!("{name} n={n}: {e}"));
+            sender
+                .join()
+                .expect("join")
+                .unwrap_or_else(|e| panic!("{name} n={n} writer: {e}"));
+            assert!(got == d, "{name} n={n}: data differs");
+        }
+    }
+}
+
+#[test]
+fn bufread_hands_out_buffers() {
+    use std::io::BufRead;
+    let stack = &all_stacks()[3].1; // BLOWFISH+gzip
+    let d = data(100_000, 9);
+    let (ws, rs) = tcp_pairs(3);
+    let (st, dd) = (stack.clone(), d.clone());
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut w = DataWriter::new(ws, &st, &ChannelOptions::default())?;
+        w.write_all(&dd)?;
+        w.flush()?;
+        w.finish()
+    });
+    let mut r = DataReader::new(rs, stack, &ChannelOptions::default()).expect("reader");
+    let mut got = Vec::new();
+    loop {
+        let b = r.fill_buf().expect("fill");
+        if b.is_empty() {
+            break;
+        }
+        let k = b.len().min(1000);
+        got.extend_from_slice(&b[..k]);
+        r.consume(k);
+    }
+    sender.join().expect("join").expect("writer");
+    assert!(got == d);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn any_input_any_chunking_roundtrips(
+        d in proptest::collection::vec(any::<u8>(), 0..60_000),
+        n in 1usize..=8,
+        which in 0usize..10,
+        chunks in proptest::collection::vec(1usize..20_000, 0..6),
+        read_size in 1usize..40_000,
+        cap in 1usize..70_000,
+    ) {
+        let (name, stack) = &all_stacks()[which];
+        let got = roundtrip_pipes(n, stack, &d, &chunks, read_size, cap)
+            .map_err(|e| TestCaseError::fail(format!("{name} n={n}: {e}")))?;
+        prop_assert!(got == d, "{} n={}: data differs", name, n);
+    }
+}
