@@ -35,7 +35,7 @@ use std::time::SystemTime;
 pub const STORAGE_API_VERSION: (u16, u16) = (1, 0);
 
 /// The Unix identity a session runs as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     /// Login name.
     pub user: String,
@@ -379,8 +379,14 @@ mod tests {
     fn owner_group_other_bits() {
         let id = ident();
         assert!(id.may(&stat(0o600, 1000, 1), Access::Read));
-        assert!(!id.may(&stat(0o060, 1000, 100), Access::Read), "owner bits win");
-        assert!(id.may(&stat(0o040, 1, 200), Access::Read), "supplementary group");
+        assert!(
+            !id.may(&stat(0o060, 1000, 100), Access::Read),
+            "owner bits win"
+        );
+        assert!(
+            id.may(&stat(0o040, 1, 200), Access::Read),
+            "supplementary group"
+        );
         assert!(!id.may(&stat(0o600, 1, 1), Access::Read));
         assert!(id.may(&stat(0o004, 1, 1), Access::Read));
         assert!(!id.may(&stat(0o644, 1, 1), Access::Write));

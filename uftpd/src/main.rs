@@ -1,1 +1,100 @@
-fn main() {}
+//! uftpd: the UFTP file server.
+//!
+//! `uftpd --config FILE` runs the daemon in the foreground. See the book
+//! (`book/`) for the administrator's guide.
+
+mod announce;
+mod cmdport;
+mod config;
+mod ftp;
+mod handover;
+mod jobs;
+mod logging;
+mod request;
+mod server;
+mod session;
+mod userinfo;
+mod users;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Version reported in the FTP greeting, the ping reply and user info.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Default location of the configuration file.
+const DEFAULT_CONFIG: &str = "/etc/uftpd/uftpd.conf";
+
+#[derive(Debug, Parser)]
+#[command(name = "uftpd", version, about = "UFTP file server")]
+struct Cli {
+    /// Configuration file (uftpd.conf format); default /etc/uftpd/uftpd.conf
+    /// if it exists. Environment variables override its settings.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Announce a transfer on a plain-text command port and print the secret
+    /// and a curl URL (for tests and first steps).
+    Announce(Box<announce::AnnounceArgs>),
+    /// Internal: serve one FTP session (started by the daemon).
+    #[command(name = "__session", hide = true)]
+    Session,
+    /// Internal: read a user's key files (started by the daemon).
+    #[command(name = "__user-info", hide = true)]
+    UserInfo,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<config::Config, String> {
+    let default = PathBuf::from(DEFAULT_CONFIG);
+    let path = match path {
+        Some(p) => Some(p),
+        None if default.is_file() => Some(&default),
+        None => None,
+    };
+    config::Config::load(path.map(|p| p.as_path())).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Session) => return session::run_process(),
+        Some(Command::UserInfo) => return userinfo::run_process(),
+        _ => {}
+    }
+    let cfg = match load_config(cli.config.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("uftpd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match &cli.command {
+        Some(Command::Announce(args)) => announce::run(args, &cfg),
+        _ => {
+            logging::init(
+                if cfg.log_syslog {
+                    logging::Target::Syslog
+                } else {
+                    logging::Target::Stdout
+                },
+                cfg.log_verbose,
+            );
+            server::run(cfg)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("uftpd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

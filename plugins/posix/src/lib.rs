@@ -263,7 +263,9 @@ impl Storage for PosixStorage {
                     .map(|f| f.into_std())
                     .map_err(|e| self.err(path, e))?
             }
-            Root::Open { base } => fs::File::open(base.join(path)).map_err(|e| self.err(path, e))?,
+            Root::Open { base } => {
+                fs::File::open(base.join(path)).map_err(|e| self.err(path, e))?
+            }
         };
         let md = file.metadata().map_err(|e| self.err(path, e))?;
         if md.is_dir() {

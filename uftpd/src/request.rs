@@ -1,0 +1,370 @@
+//! Command-port requests: parsing `key=value` lines into typed requests.
+//!
+//! The wire format (PROTOCOL section 3): `\n`-terminated lines, ended by a
+//! line starting with `END`; lines without `=` are ignored.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+/// What a session may do (`access-permissions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum AccessLevel {
+    /// Nothing but NOOP/QUIT and the like.
+    None,
+    /// Listings and stat.
+    Info,
+    /// Plus downloads and checksums.
+    Read,
+    /// Plus uploads, mkdir, rename, set times.
+    Write,
+    /// Plus deletion.
+    Full,
+}
+
+impl AccessLevel {
+    fn parse(s: &str) -> Option<AccessLevel> {
+        Some(match s.trim().to_ascii_uppercase().as_str() {
+            "NONE" => AccessLevel::None,
+            "INFO" => AccessLevel::Info,
+            "READ" => AccessLevel::Read,
+            "WRITE" => AccessLevel::Write,
+            "FULL" | "" => AccessLevel::Full,
+            _ => return None,
+        })
+    }
+}
+
+/// Encryption algorithm of the legacy data-channel cipher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CipherAlgo {
+    /// Blowfish in ECB mode, key of 1..=56 bytes.
+    Blowfish,
+    /// AES in CBC mode, key = 16-byte IV + 16/24/32-byte key.
+    Aes,
+}
+
+impl fmt::Display for CipherAlgo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CipherAlgo::Blowfish => "BLOWFISH",
+            CipherAlgo::Aes => "AES",
+        })
+    }
+}
+
+/// A data-channel key. `Debug` never shows the key bytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionKey {
+    /// Algorithm.
+    pub algo: CipherAlgo,
+    /// Raw key bytes (for AES: IV followed by the key).
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionKey({}, {} bytes)", self.algo, self.bytes.len())
+    }
+}
+
+/// A parsed `uftp-transfer-request`. `Debug` never shows the secret or key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TransferRequest {
+    /// Addresses allowed to log in.
+    pub client_ips: Vec<IpAddr>,
+    /// The raw client-ip value (for messages).
+    pub client_ip_raw: String,
+    /// Unix login name.
+    pub user: String,
+    /// One-time password.
+    pub secret: String,
+    /// Several sessions may use the secret.
+    pub persistent: bool,
+    /// Base directory specification (see [`TransferRequest::base_dir`]).
+    pub file: String,
+    /// Initial number of data streams.
+    pub streams: u32,
+    /// gzip the data streams.
+    pub compress: bool,
+    /// Requested group specification.
+    pub group: Option<String>,
+    /// Bytes per second cap, 0 = none.
+    pub rate_limit: u64,
+    /// Data-channel encryption.
+    pub key: Option<SessionKey>,
+    /// Allowed patterns.
+    pub includes: Vec<String>,
+    /// Forbidden patterns.
+    pub excludes: Vec<String>,
+    /// Access level.
+    pub access: AccessLevel,
+}
+
+impl fmt::Debug for TransferRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransferRequest")
+            .field("user", &self.user)
+            .field("group", &self.group)
+            .field("client_ip", &self.client_ip_raw)
+            .field("file", &self.file)
+            .field("persistent", &self.persistent)
+            .field("streams", &self.streams)
+            .field("compress", &self.compress)
+            .field("key", &self.key)
+            .field("rate_limit", &self.rate_limit)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransferRequest {
+    /// The base directory: the part of `file` before its last `/`
+    /// (`None` = no confinement). Java appends `/` to a directory; legacy
+    /// UNICORE/X sends `<dir>/___UFTP___MULTI___FILE___SESSION___MODE___`.
+    pub fn base_dir(&self) -> Option<&str> {
+        let i = self.file.rfind('/')?;
+        let d = &self.file[..i];
+        if d.is_empty() {
+            // "/x" means the root directory as base
+            if i == 0 { Some("/") } else { None }
+        } else {
+            Some(d)
+        }
+    }
+}
+
+/// Splits request text into its key/value map.
+pub fn parse_lines(lines: &[String]) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for line in lines {
+        if let Some((k, v)) = line.split_once('=') {
+            m.insert(
+                k.trim().to_string(),
+                v.trim_end_matches(['\r', '\n']).to_string(),
+            );
+        }
+    }
+    m
+}
+
+fn bool_field(m: &HashMap<String, String>, key: &str) -> Result<bool, String> {
+    match m.get(key).map(|s| s.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) => match v.as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" | "null" => Ok(false),
+            _ => Err(format!("invalid value for '{key}': expected true or false")),
+        },
+    }
+}
+
+/// Parses one client-ip entry in Java `getHostAddress()` form, possibly
+/// `host/1.2.3.4` or with a `%scope`.
+pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    let s = match s.rfind('/') {
+        Some(i) => &s[i + 1..],
+        None => s,
+    };
+    let s = match s.find('%') {
+        Some(i) => &s[..i],
+        None => s,
+    };
+    let s = s.trim_start_matches('[').trim_end_matches(']');
+    s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// Checks a key's length for its algorithm.
+pub fn validate_key(algo: CipherAlgo, key: &[u8]) -> Result<(), String> {
+    match algo {
+        CipherAlgo::Blowfish if (4..=56).contains(&key.len()) => Ok(()),
+        CipherAlgo::Blowfish => Err(format!(
+            "BLOWFISH key must be 4 to 56 bytes, got {}",
+            key.len()
+        )),
+        CipherAlgo::Aes if matches!(key.len(), 32 | 40 | 48) => Ok(()),
+        CipherAlgo::Aes => Err(format!(
+            "AES key must be a 16-byte IV followed by a 16, 24 or 32-byte key (32, 40 or 48 bytes), got {}",
+            key.len()
+        )),
+    }
+}
+
+/// Builds a transfer request from the key/value map, validating every
+/// field. The error text goes to the sender as `ERROR::<text>`.
+pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, String> {
+    let user = m
+        .get("user")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .ok_or("missing 'user'")?;
+    let secret = m
+        .get("secret")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .ok_or("missing 'secret'")?;
+    let client_ip_raw = m.get("client-ip").cloned().unwrap_or_default();
+    let client_ips: Vec<IpAddr> = client_ip_raw
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .filter_map(parse_client_ip)
+        .collect();
+    let streams = match m.get("streams").map(|s| s.trim()) {
+        None | Some("") => 1,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("invalid value for 'streams': '{v}'"))?,
+    };
+    let rate_limit = match m.get("rateLimit").map(|s| s.trim()) {
+        None | Some("") => 0,
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| format!("invalid value for 'rateLimit': '{v}'"))?,
+    };
+    let key = match m.get("key").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(b64) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| "invalid 'key': not base64".to_string())?;
+            let algo = match m.get("algo").map(|s| s.trim().to_ascii_uppercase()) {
+                Some(a) if a == "BLOWFISH" => CipherAlgo::Blowfish,
+                Some(a) if a == "AES" => CipherAlgo::Aes,
+                Some(a) if !a.is_empty() => {
+                    return Err(format!("unsupported encryption algorithm '{a}'"));
+                }
+                _ => {
+                    if matches!(bytes.len(), 32 | 40 | 48) {
+                        CipherAlgo::Aes
+                    } else {
+                        CipherAlgo::Blowfish
+                    }
+                }
+            };
+            validate_key(algo, &bytes)?;
+            Some(SessionKey { algo, bytes })
+        }
+    };
+    let access = match m.get("access-permissions") {
+        None => AccessLevel::Full,
+        Some(v) => AccessLevel::parse(v)
+            .ok_or_else(|| format!("invalid value for 'access-permissions': '{v}'"))?,
+    };
+    let list = |k: &str| -> Vec<String> {
+        m.get(k)
+            .map(|v| {
+                v.split(':')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(TransferRequest {
+        client_ips,
+        client_ip_raw,
+        user,
+        secret,
+        persistent: bool_field(m, "persistent")?,
+        file: m.get("file").cloned().unwrap_or_default(),
+        streams,
+        compress: bool_field(m, "compress")?,
+        group: m
+            .get("group")
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()),
+        rate_limit,
+        key,
+        includes: list("includes"),
+        excludes: list("excludes"),
+        access,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn base_dir_rules() {
+        let mut r = parse_transfer(&map(&[("user", "u"), ("secret", "s")])).expect("parse");
+        for (file, base) in [
+            ("", None),
+            ("file.txt", None),
+            ("/data/x/", Some("/data/x")),
+            ("/data/x/f.bin", Some("/data/x")),
+            ("rel/dir/", Some("rel/dir")),
+            (
+                "/tmp/d/___UFTP___MULTI___FILE___SESSION___MODE___",
+                Some("/tmp/d"),
+            ),
+            ("/", Some("/")),
+        ] {
+            r.file = file.into();
+            assert_eq!(r.base_dir(), base, "{file}");
+        }
+    }
+
+    #[test]
+    fn client_ips() {
+        assert_eq!(parse_client_ip("127.0.0.1"), "127.0.0.1".parse().ok());
+        assert_eq!(parse_client_ip("host/10.0.0.1"), "10.0.0.1".parse().ok());
+        assert_eq!(
+            parse_client_ip("0:0:0:0:0:0:0:1%0"),
+            "::1".parse().ok(),
+            "uncompressed with scope"
+        );
+        assert_eq!(parse_client_ip("::ffff:10.1.2.3"), "10.1.2.3".parse().ok());
+        assert_eq!(parse_client_ip("nonsense"), None);
+    }
+
+    #[test]
+    fn keys_validated() {
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        let k32 = b64(32);
+        let r = parse_transfer(&map(&[("user", "u"), ("secret", "s"), ("key", &k32)]))
+            .expect("aes by length");
+        assert_eq!(r.key.as_ref().map(|k| k.algo), Some(CipherAlgo::Aes));
+        let k20 = b64(20);
+        let e = parse_transfer(&map(&[
+            ("user", "u"),
+            ("secret", "s"),
+            ("key", &k20),
+            ("algo", "AES"),
+        ]));
+        assert!(e.is_err());
+        let k60 = b64(60);
+        assert!(parse_transfer(&map(&[("user", "u"), ("secret", "s"), ("key", &k60)])).is_err());
+        let dbg = format!("{r:?}");
+        assert!(!dbg.contains(&k32) && !dbg.contains("\"s\""), "{dbg}");
+    }
+
+    #[test]
+    fn bad_fields() {
+        for (k, v) in [
+            ("streams", "x"),
+            ("streams", "0"),
+            ("rateLimit", "-5"),
+            ("persistent", "maybe"),
+            ("access-permissions", "ROOT"),
+        ] {
+            let r = parse_transfer(&map(&[("user", "u"), ("secret", "s"), (k, v)]));
+            assert!(r.is_err(), "{k}={v}");
+        }
+        assert!(parse_transfer(&map(&[("secret", "s")])).is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! The daemon: listeners for the command port and the FTP port on tokio,
+//! the job store and the bookkeeping of session processes.
+//!
+//! The main process never touches user files. It accepts connections,
+//! answers command-port requests, runs the login dialogue and starts one
+//! session process per logged-in client.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::handover::SessionSettings;
+use crate::jobs::JobStore;
+use crate::request::TransferRequest;
+
+/// Concurrent command-port connections served; more wait in the backlog.
+const MAX_CMD_CONNECTIONS: usize = 256;
+/// Concurrent FTP connections in the login dialogue.
+const MAX_LOGINS: usize = 1024;
+
+/// Shared daemon state.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Configuration.
+    pub config: Config,
+    /// Pending and active transfer requests.
+    pub store: JobStore,
+    /// Path of this binary, for session processes.
+    pub exe: PathBuf,
+    /// Running as root: sessions switch to the requested user.
+    pub privileged: bool,
+    /// Settings handed to sessions.
+    pub settings: SessionSettings,
+    running: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Daemon {
+    /// Refuses requests for features this build cannot serve yet.
+    pub fn check_capabilities(&self, r: &TransferRequest) -> Result<(), String> {
+        if r.key.is_some() {
+            return Err("Encrypted data connections are not supported by this server yet".into());
+        }
+        if r.compress {
+            return Err("Compressed data connections are not supported by this server yet".into());
+        }
+        Ok(())
+    }
+
+    /// A session process was started.
+    pub fn sessions_started(&self) {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A session process ended.
+    pub fn sessions_ended(&self) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Applies TCP keepalive so dead peers are noticed.
+pub fn set_keepalive<S: std::os::fd::AsFd>(s: &S) {
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = SockRef::from(s).set_tcp_keepalive(&ka);
+}
+
+/// Addresses to listen on for a host setting.
+fn listen_addrs(host: &str, port: u16, disable_ipv6: bool) -> io::Result<Vec<SocketAddr>> {
+    if Config::is_wildcard(host) {
+        return Ok(if disable_ipv6 {
+            vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)]
+        } else {
+            vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)]
+        });
+    }
+    let mut out: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()?
+        .filter(|a| !(disable_ipv6 && a.is_ipv6()))
+        .collect();
+    out.sort();
+    out.dedup();
+    if out.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("'{host}' has no usable address"),
+        ));
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // The wildcard listener is dual-stack; specific IPv6 addresses are
+        // IPv6 only (they get their own IPv4 listener).
+        s.set_only_v6(!addr.ip().is_unspecified())?;
+    }
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Binds every address of `host`; at least one must succeed.
+pub fn bind_all(
+    what: &str,
+    host: &str,
+    port: u16,
+    disable_ipv6: bool,
+) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    let mut last_err = None;
+    for addr in listen_addrs(host, port, disable_ipv6)? {
+        match bind_one(addr).and_then(TcpListener::from_std) {
+            Ok(l) => {
+                tracing::info!("{what} listening on {addr}");
+                listeners.push(l);
+            }
+            Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+                // No IPv6 on this host: fall back to IPv4.
+                tracing::info!("{what}: IPv6 not available ({e}), using IPv4 only");
+                let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+                let l = bind_one(v4).and_then(TcpListener::from_std)?;
+                tracing::info!("{what} listening on {v4}");
+                listeners.push(l);
+            }
+            Err(e) => {
+                tracing::warn!("{what}: cannot listen on {addr}: {e}");
+                last_err = Some(e);
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return Err(last_err.unwrap_or_else(|| io::Error::other("no address to listen on")));
+    }
+    Ok(listeners)
+}
+
+/// Which service an accept loop serves.
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    Command,
+    Ftp,
+}
+
+fn spawn_accept_loop(
+    listener: TcpListener,
+    service: Service,
+    daemon: Arc<Daemon>,
+    limit: Arc<Semaphore>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let permit = match limit.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and the like: log, back off, keep serving.
+                    tracing::error!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let d = daemon.clone();
+            tokio::spawn(async move {
+                match service {
+                    Service::Command => crate::cmdport::serve(stream, peer, d).await,
+                    Service::Ftp => {
+                        // The login permit is released at handover; the
+                        // session process no longer costs the daemon a slot.
+                        crate::ftp::serve(stream, peer, d).await
+                    }
+                }
+                drop(permit);
+            });
+        }
+    });
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(config: Config) -> Result<(), String> {
+    let privileged = nix::unistd::Uid::effective().is_root();
+    // Sessions exec the very binary that runs now, even after a package
+    // update replaced the file on disk, so daemon and sessions always agree
+    // on the handover format.
+    let exe = PathBuf::from("/proc/self/exe");
+    if !exe.exists() {
+        return Err("/proc/self/exe is not available: uftpd needs /proc".into());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    rt.block_on(async move {
+        tracing::info!("**** uftpd {} starting", crate::VERSION);
+        if let Some(src) = &config.source {
+            tracing::info!("Configuration: {}", src.display());
+        }
+        for name in &config.ignored {
+            tracing::debug!("Config variable {name} is not used by uftpd, ignored");
+        }
+        if privileged {
+            tracing::info!("Running as root: sessions run as the requested users");
+        } else {
+            tracing::info!(
+                "Running unprivileged as '{}': sessions run as this user, requests for other users are refused",
+                crate::users::current_user_name()
+            );
+        }
+        tracing::debug!(
+            "ACL file {} (used once TLS is enabled with SSL_CONF)",
+            config.acl.display()
+        );
+        if config.ssl_conf.is_some() {
+            return Err("SSL_CONF is set, but TLS on the command port is not available in this build yet; refusing to run the command port in plain text when TLS was asked for".to_string());
+        }
+        tracing::warn!("*****");
+        tracing::warn!("*****   WARNING:");
+        tracing::warn!("*****   The command port is PLAIN TEXT (SSL_CONF is not set).");
+        tracing::warn!("*****   Anybody who can connect to {}:{} can make uftpd", config.cmd_host, config.cmd_port);
+        tracing::warn!("*****   read and write files as any user. Do not use this in production.");
+        tracing::warn!("*****");
+        let settings = SessionSettings::from_config(&config, privileged);
+        let daemon = Arc::new(Daemon {
+            store: JobStore::new(
+                config.request_lifetime,
+                config.max_connections,
+                !config.disable_ip_check,
+            ),
+            exe,
+            privileged,
+            settings,
+            running: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            config,
+        });
+        let c = &daemon.config;
+        let cmd = bind_all("Command port", &c.cmd_host, c.cmd_port, c.disable_ipv6)
+            .map_err(|e| format!("cannot open command port {}:{}: {e}", c.cmd_host, c.cmd_port))?;
+        let ftp = bind_all("FTP port", &c.server_host, c.server_port, c.disable_ipv6)
+            .map_err(|e| format!("cannot open FTP port {}:{}: {e}", c.server_host, c.server_port))?;
+        tracing::debug!(
+            "MAX_CONNECTIONS={} MAX_STREAMS={} PORT_RANGE={:?} DISABLE_IP_CHECK={} UFTP_NOWRITE={:?} UFTP_KEYFILES={:?}",
+            c.max_connections,
+            c.max_streams,
+            c.port_range,
+            c.disable_ip_check,
+            c.nowrite,
+            c.keyfiles
+        );
+        let cmd_limit = Arc::new(Semaphore::new(MAX_CMD_CONNECTIONS));
+        for l in cmd {
+            spawn_accept_loop(l, Service::Command, daemon.clone(), cmd_limit.clone());
+        }
+        let login_limit = Arc::new(Semaphore::new(MAX_LOGINS));
+        for l in ftp {
+            spawn_accept_loop(l, Service::Ftp, daemon.clone(), login_limit.clone());
+        }
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                d.store.expire();
+            }
+        });
+        wait_for_shutdown().await;
+        tracing::info!(
+            "uftpd stopping ({} session processes still running, {} served)",
+            daemon.running.load(Ordering::Relaxed),
+            daemon.total.load(Ordering::Relaxed)
+        );
+        Ok(())
+    })
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM received"),
+                _ = i.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            // No signal handling possible: run until killed.
+            std::future::pending::<()>().await;
+        }
+    }
+}

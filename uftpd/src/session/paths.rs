@@ -1,0 +1,164 @@
+//! Client paths: lexical normalisation, the base-directory check, and the
+//! includes/excludes/UFTP_NOWRITE patterns.
+//!
+//! This is the first line of defence only: the storage backend resolves the
+//! resulting relative path beneath an open handle of the base directory, so
+//! symlinks cannot lead out either.
+
+use std::path::PathBuf;
+
+use glob::{MatchOptions, Pattern};
+
+/// Normalises `arg` against the absolute directory `cwd`: joins relative
+/// paths, removes `.` and `..` (never above `/`) and duplicate slashes.
+pub fn normalize(cwd: &str, arg: &str) -> String {
+    let joined = if arg.starts_with('/') {
+        arg.to_string()
+    } else {
+        format!("{cwd}/{arg}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for comp in joined.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = String::with_capacity(joined.len());
+    for p in &parts {
+        out.push('/');
+        out.push_str(p);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Whether the normalised absolute path `abs` is `base` or below it.
+pub fn within(base: &str, abs: &str) -> bool {
+    if base == "/" {
+        return true;
+    }
+    abs == base
+        || (abs.len() > base.len() && abs.starts_with(base) && abs.as_bytes()[base.len()] == b'/')
+}
+
+/// The path of `abs` relative to `base` (empty for the base itself).
+/// Callers check [`within`] first.
+pub fn relative(base: &str, abs: &str) -> PathBuf {
+    let rest = if base == "/" {
+        abs
+    } else {
+        abs.get(base.len()..).unwrap_or("")
+    };
+    PathBuf::from(rest.trim_start_matches('/'))
+}
+
+/// The last component of an absolute path (`/` for the root).
+pub fn basename(abs: &str) -> &str {
+    if abs == "/" {
+        return "/";
+    }
+    abs.rsplit('/').next().unwrap_or(abs)
+}
+
+/// A set of fnmatch-style patterns on absolute paths (`*` also matches `/`,
+/// as Python's fnmatch does).
+#[derive(Debug, Default, Clone)]
+pub struct PatternSet {
+    patterns: Vec<(String, Pattern)>,
+}
+
+const MATCH: MatchOptions = MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: false,
+    require_literal_leading_dot: false,
+};
+
+impl PatternSet {
+    /// Builds the set; relative patterns are taken relative to `dir`.
+    /// Patterns that do not parse are matched literally.
+    pub fn new<S: AsRef<str>>(patterns: &[S], dir: &str) -> Self {
+        let patterns = patterns
+            .iter()
+            .map(|p| {
+                let p = p.as_ref().trim();
+                let abs = if p.starts_with('/') {
+                    p.to_string()
+                } else if dir.ends_with('/') {
+                    format!("{dir}{p}")
+                } else {
+                    format!("{dir}/{p}")
+                };
+                let pat = Pattern::new(&abs)
+                    .unwrap_or_else(|_| Pattern::new(&Pattern::escape(&abs)).unwrap_or_default());
+                (abs, pat)
+            })
+            .collect();
+        PatternSet { patterns }
+    }
+
+    /// True when no patterns are set.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    /// The first pattern matching `abs`, if any.
+    pub fn matching(&self, abs: &str) -> Option<&str> {
+        self.patterns
+            .iter()
+            .find(|(_, p)| p.matches_with(abs, MATCH))
+            .map(|(s, _)| s.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(normalize("/base", "a/b"), "/base/a/b");
+        assert_eq!(normalize("/base", "../etc/passwd"), "/etc/passwd");
+        assert_eq!(normalize("/base", "../../../../x"), "/x");
+        assert_eq!(normalize("/base/sub", "./../x/./y//z/"), "/base/x/y/z");
+        assert_eq!(normalize("/base", "/abs/../path"), "/path");
+        assert_eq!(normalize("/base", ""), "/base");
+        assert_eq!(normalize("/", ".."), "/");
+        assert_eq!(normalize("/base", "//double"), "/double");
+    }
+
+    #[test]
+    fn base_check() {
+        assert!(within("/base", "/base"));
+        assert!(within("/base", "/base/x"));
+        assert!(!within("/base", "/basement"));
+        assert!(!within("/base", "/"));
+        assert!(within("/", "/anything"));
+        assert_eq!(relative("/base", "/base"), PathBuf::from(""));
+        assert_eq!(relative("/base", "/base/a/b"), PathBuf::from("a/b"));
+        assert_eq!(relative("/", "/a/b"), PathBuf::from("a/b"));
+        assert_eq!(basename("/a/b"), "b");
+        assert_eq!(basename("/"), "/");
+    }
+
+    #[test]
+    fn patterns() {
+        let s = PatternSet::new(&["*.secret", "/etc/*", "data/keep"], "/base");
+        assert_eq!(s.matching("/base/x.secret"), Some("/base/*.secret"));
+        assert_eq!(
+            s.matching("/base/deep/dir/x.secret"),
+            Some("/base/*.secret"),
+            "star crosses /"
+        );
+        assert!(s.matching("/etc/passwd").is_some());
+        assert!(s.matching("/base/data/keep").is_some());
+        assert!(s.matching("/base/data/other").is_none());
+        let home = PatternSet::new(&[".ssh/authorized_keys"], "/home/u");
+        assert!(home.matching("/home/u/.ssh/authorized_keys").is_some());
+    }
+}

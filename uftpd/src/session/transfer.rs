@@ -1,0 +1,257 @@
+//! Moving bytes between files and data connections: zero-copy `sendfile`
+//! for plain downloads, large-buffer loops otherwise, and a token-bucket
+//! rate limiter.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use storage_api::{ReadHandle, WriteHandle};
+
+/// Largest single sendfile call.
+const SENDFILE_CHUNK: usize = 1 << 30;
+
+/// A token bucket: on average `rate` bytes per second, bursts of at most
+/// a tenth of a second's worth (and at least 16 KiB).
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter for `rate` bytes per second.
+    pub fn new(rate: u64) -> Self {
+        let rate = rate.max(1) as f64;
+        let capacity = (rate / 10.0).max(16384.0);
+        RateLimiter {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: Instant::now(),
+        }
+    }
+
+    /// Largest chunk to move before asking again.
+    pub fn chunk(&self) -> usize {
+        self.capacity as usize
+    }
+
+    /// Accounts for `n` bytes, sleeping as long as needed to keep the rate.
+    pub fn take(&mut self, n: usize) {
+        let wait = self.account(n, Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+            self.last = Instant::now();
+        }
+    }
+
+    /// Accounts for `n` bytes at time `now`; returns how long to wait.
+    fn account(&mut self, n: usize, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.tokens -= n as f64;
+        if self.tokens < 0.0 {
+            let wait = -self.tokens / self.rate;
+            self.tokens = 0.0;
+            Duration::from_secs_f64(wait)
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// Where a transfer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The data connection failed (peer gone, reset, timeout).
+    #[error("data connection: {0}")]
+    Network(io::Error),
+    /// Reading or writing the file failed.
+    #[error("file: {0}")]
+    File(io::Error),
+}
+
+/// Transfer parameters.
+#[derive(Debug)]
+pub struct Params<'a> {
+    /// Buffer size for copy loops.
+    pub buffer_size: usize,
+    /// Whether zero-copy calls may be used.
+    pub zero_copy: bool,
+    /// Rate limiter, if the session has a limit.
+    pub rate: Option<&'a mut RateLimiter>,
+}
+
+fn sendfile_loop(
+    sock: BorrowedFd<'_>,
+    file: RawFd,
+    len: u64,
+    mut rate: Option<&mut RateLimiter>,
+) -> Result<u64, TransferError> {
+    // SAFETY: the file descriptor belongs to the ReadHandle, which the
+    // caller keeps alive (borrowed) for the whole call.
+    let file = unsafe { BorrowedFd::borrow_raw(file) };
+    let mut sent = 0u64;
+    while sent < len {
+        let mut want = usize::try_from(len - sent)
+            .unwrap_or(SENDFILE_CHUNK)
+            .min(SENDFILE_CHUNK);
+        if let Some(r) = rate.as_deref() {
+            want = want.min(r.chunk());
+        }
+        match nix::sys::sendfile::sendfile(sock, file, None, want) {
+            Ok(0) => break,
+            Ok(n) => {
+                sent += n as u64;
+                if let Some(r) = rate.as_deref_mut() {
+                    r.take(n);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => continue,
+            Err(e @ (nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS)) if sent == 0 => {
+                // File system without sendfile support: caller falls back.
+                return Err(TransferError::File(e.into()));
+            }
+            Err(e) => {
+                let e = io::Error::from(e);
+                return Err(match e.kind() {
+                    io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut => TransferError::Network(e),
+                    _ if e.raw_os_error() == Some(libc::EIO) => TransferError::File(e),
+                    _ => TransferError::Network(e),
+                });
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends up to `len` bytes of `file` (already positioned) to `sock`.
+/// Returns the bytes sent; fewer than `len` means the file ended early.
+pub fn send_file(
+    file: &mut dyn ReadHandle,
+    len: u64,
+    sock: &mut TcpStream,
+    p: Params<'_>,
+) -> Result<u64, TransferError> {
+    let Params {
+        buffer_size,
+        zero_copy,
+        mut rate,
+    } = p;
+    if zero_copy && let Some(fd) = file.raw_fd() {
+        match sendfile_loop(sock.as_fd(), fd, len, rate.as_deref_mut()) {
+            Err(TransferError::File(e))
+                if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {}
+            other => return other,
+        }
+    }
+    let mut buf = vec![0u8; buffer_size.max(4096)];
+    let mut sent = 0u64;
+    while sent < len {
+        let mut want = usize::try_from(len - sent)
+            .unwrap_or(buf.len())
+            .min(buf.len());
+        if let Some(r) = rate.as_deref() {
+            want = want.min(r.chunk());
+        }
+        let n = match file.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(TransferError::File(e)),
+        };
+        sock.write_all(&buf[..n]).map_err(TransferError::Network)?;
+        sent += n as u64;
+        if let Some(r) = rate.as_deref_mut() {
+            r.take(n);
+        }
+    }
+    Ok(sent)
+}
+
+/// Receives from `sock` into `file` until `limit` bytes or end of stream.
+/// Returns the bytes written.
+pub fn receive_file(
+    sock: &mut TcpStream,
+    file: &mut dyn WriteHandle,
+    limit: Option<u64>,
+    p: Params<'_>,
+) -> Result<u64, TransferError> {
+    let Params {
+        buffer_size,
+        mut rate,
+        ..
+    } = p;
+    let mut buf = vec![0u8; buffer_size.max(4096)];
+    let mut total = 0u64;
+    loop {
+        let mut want = buf.len();
+        if let Some(l) = limit {
+            if total >= l {
+                break;
+            }
+            want = want.min(usize::try_from(l - total).unwrap_or(want));
+        }
+        if let Some(r) = rate.as_deref() {
+            want = want.min(r.chunk());
+        }
+        let n = match sock.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(TransferError::Network(e)),
+        };
+        file.write_all(&buf[..n]).map_err(TransferError::File)?;
+        total += n as u64;
+        if let Some(r) = rate.as_deref_mut() {
+            r.take(n);
+        }
+    }
+    Ok(total)
+}
+
+/// Writes a whole buffer to the data connection (listings).
+pub fn send_bytes(
+    sock: &mut TcpStream,
+    data: &[u8],
+    rate: Option<&mut RateLimiter>,
+) -> Result<(), TransferError> {
+    match rate {
+        None => sock.write_all(data).map_err(TransferError::Network),
+        Some(r) => {
+            for chunk in data.chunks(r.chunk().max(1)) {
+                sock.write_all(chunk).map_err(TransferError::Network)?;
+                r.take(chunk.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_accounts_tokens() {
+        let mut r = RateLimiter::new(1_000_000);
+        let t0 = r.last;
+        assert_eq!(r.chunk(), 100_000);
+        // the burst allowance is free
+        assert_eq!(r.account(100_000, t0), Duration::ZERO);
+        // 50 kB more at 1 MB/s: wait 50 ms
+        assert_eq!(r.account(50_000, t0), Duration::from_millis(50));
+        // after a full second the bucket is full again, not more
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(r.account(100_000, later), Duration::ZERO);
+        assert_eq!(r.account(1_000, later), Duration::from_millis(1));
+    }
+}
