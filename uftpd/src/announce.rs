@@ -15,7 +15,8 @@ pub struct AnnounceArgs {
     /// Command port to talk to (default: CMD_HOST:CMD_PORT of the config).
     #[arg(long, value_name = "HOST:PORT")]
     pub cmd: Option<String>,
-    /// Unix user the session runs as (default: the current user).
+    /// Unix user the session runs as (default: the current user, or
+    /// `nobody` when run as root).
     #[arg(long)]
     pub user: Option<String>,
     /// File or directory the client may reach: the base directory is the
@@ -67,10 +68,14 @@ pub fn run(args: &AnnounceArgs, cfg: &crate::config::Config) -> Result<(), Strin
         .cmd
         .clone()
         .unwrap_or_else(|| format!("{}:{}", cfg.cmd_host, cfg.cmd_port));
-    let user = args
-        .user
-        .clone()
-        .unwrap_or_else(crate::users::current_user_name);
+    // Sessions never run as root: a root caller announces for nobody.
+    let user = args.user.clone().unwrap_or_else(|| {
+        if nix::unistd::Uid::current().is_root() {
+            "nobody".to_string()
+        } else {
+            crate::users::current_user_name()
+        }
+    });
     let secret = args.secret.clone().unwrap_or_else(|| {
         let mut rng = rand::rng();
         (0..32)

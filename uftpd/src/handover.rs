@@ -90,7 +90,8 @@ pub async fn spawn_session(
     let json = serde_json::to_vec(job).map_err(io::Error::other)?;
     let fd = control.as_raw_fd();
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("__session")
+    cmd.arg0("uftpd")
+        .arg("__session")
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::inherit())

@@ -99,7 +99,8 @@ pub fn run_process() -> ExitCode {
 pub async fn query(exe: &Path, job: &UserInfoJob) -> io::Result<String> {
     let json = serde_json::to_vec(job).map_err(io::Error::other)?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("__user-info")
+    cmd.arg0("uftpd")
+        .arg("__user-info")
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
