@@ -175,6 +175,9 @@ class Daemon:
 
     # ---- config
     def write_config(self):
+        if getattr(self, "config_text", None) is not None:  # a test's own file
+            self.config_file.write_text(self.config_text)
+            return
         lines = [f"# written by the uftpd end-to-end tests for {self.name}"]
         for k, v in self.config.items():
             lines.append(f'export {k}="{v}"')
