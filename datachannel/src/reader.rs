@@ -105,7 +105,10 @@ impl DataReader {
         let shared = Arc::new(Shared::new(aborts));
         let mut decoders = Vec::with_capacity(n);
         for (i, s) in streams.into_iter().enumerate() {
-            decoders.push(stack.decoder(i, n, Box::new(s))?);
+            // Buffer the socket: frame headers and cipher blocks are small
+            // reads, which would otherwise each be a system call.
+            let buffered = BufReader::with_capacity(buf_size, s);
+            decoders.push(stack.decoder(i, n, Box::new(buffered))?);
         }
         let mut rxs = Vec::with_capacity(n);
         let mut recycle = Vec::with_capacity(n);

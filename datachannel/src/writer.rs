@@ -106,7 +106,19 @@ impl DataWriter {
         let shared = Arc::new(Shared::new(aborts));
         let mut stacks = Vec::with_capacity(n);
         for (i, s) in streams.into_iter().enumerate() {
-            stacks.push(stack.encoder(i, n, Box::new(SinkAdapter(s)))?);
+            let bottom: Box<dyn EncodeWriter> = if n == 1 {
+                // One stream: give the socket its own thread, so that the
+                // codec's core does nothing but the codec.
+                Box::new(ThreadedSink::new(s, options, shared.clone())?)
+            } else {
+                // Frames are small (block / n): batch them into fewer
+                // socket writes. Workers flush when their queue runs dry.
+                Box::new(BufferedSink(io::BufWriter::with_capacity(
+                    options.single_stream_buffer.max(4096),
+                    SinkAdapter(s),
+                )))
+            };
+            stacks.push(stack.encoder(i, n, bottom)?);
         }
         let block_size = if n == 1 {
             options.single_stream_buffer.max(1)
@@ -410,5 +422,145 @@ fn worker(
             drop(enc);
         }
         Err(e) => shared.fail(Some(i), &e),
+    }
+}
+
+enum IoMsg {
+    Data(Vec<u8>, usize),
+    Flush,
+    Finish,
+}
+
+/// Bottom of a single-stream encoder stack: collects the encoded bytes
+/// into buffers that a separate thread writes to the socket.
+struct ThreadedSink {
+    tx: Option<SyncSender<IoMsg>>,
+    recycle_rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    cur_len: usize,
+    size: usize,
+    handle: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl ThreadedSink {
+    fn new<S: SinkStream>(
+        mut sink: S,
+        options: &ChannelOptions,
+        shared: Arc<Shared>,
+    ) -> io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel::<IoMsg>(options.queue_depth.max(1));
+        let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
+        let sh = shared.clone();
+        let handle = thread::Builder::new()
+            .name("uftp-dc-io".into())
+            .spawn(move || {
+                let r = (|| -> io::Result<()> {
+                    while let Ok(m) = rx.recv() {
+                        match m {
+                            IoMsg::Data(b, len) => {
+                                sink.write_all(&b[..len])?;
+                                let _ = recycle_tx.send(b);
+                            }
+                            IoMsg::Flush => sink.flush()?,
+                            IoMsg::Finish => return sink.finish_write(),
+                        }
+                    }
+                    Ok(()) // encoder dropped without finish: no trailer
+                })();
+                if let Err(e) = r {
+                    sh.fail(Some(0), &e);
+                }
+            })?;
+        Ok(ThreadedSink {
+            tx: Some(tx),
+            recycle_rx,
+            cur: Vec::new(),
+            cur_len: 0,
+            size: options.single_stream_buffer.max(4096),
+            handle: Some(handle),
+            shared,
+        })
+    }
+
+    fn send(&mut self, m: IoMsg) -> io::Result<()> {
+        match &self.tx {
+            Some(tx) if tx.send(m).is_ok() => Ok(()),
+            _ => Err(self.shared.error("socket writer stopped")),
+        }
+    }
+
+    fn send_cur(&mut self) -> io::Result<()> {
+        if self.cur_len > 0 {
+            let b = mem::take(&mut self.cur);
+            let len = mem::take(&mut self.cur_len);
+            self.send(IoMsg::Data(b, len))?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for ThreadedSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.cur.is_empty() {
+            let mut b = self.recycle_rx.try_recv().unwrap_or_default();
+            b.resize(self.size, 0);
+            self.cur = b;
+            self.cur_len = 0;
+        }
+        let n = (self.size - self.cur_len).min(data.len());
+        self.cur[self.cur_len..self.cur_len + n].copy_from_slice(&data[..n]);
+        self.cur_len += n;
+        if self.cur_len == self.size {
+            self.send_cur()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_cur()?;
+        self.send(IoMsg::Flush)
+    }
+}
+
+impl EncodeWriter for ThreadedSink {
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        let sent = self.send_cur().and_then(|()| self.send(IoMsg::Finish));
+        self.tx = None;
+        if let Some(h) = self.handle.take()
+            && h.join().is_err()
+        {
+            self.shared
+                .fail(Some(0), &io::Error::other("socket writer panicked"));
+        }
+        sent?;
+        if self.shared.has_failed() {
+            return Err(self.shared.error("socket writer failed"));
+        }
+        Ok(())
+    }
+}
+
+/// Bottom of a multi-stream encoder stack: a buffered socket.
+struct BufferedSink<S: SinkStream>(io::BufWriter<SinkAdapter<S>>);
+
+impl<S: SinkStream> Write for BufferedSink<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<S: SinkStream> EncodeWriter for BufferedSink<S> {
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        let inner = self.0.into_inner().map_err(|e| e.into_error())?;
+        Box::new(inner).finish()
     }
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! uftp-codec --encode|--decode [--algo BLOWFISH|AES] [--key-b64 KEY]
 //!            [--gzip [--level N]] [--streams N] [--prefix PREFIX]
-//! uftp-codec --loopback-bench MIB [--algo ..] [--key-b64 ..] [--gzip] [--streams N]
+//! uftp-codec --loopback-bench MIB [--bench-side encode|decode|both] [--algo ..] [--key-b64 ..]
+//!            [--gzip] [--streams N]
 //! ```
 //!
 //! Encoding reads plain data from stdin; decoding writes it to stdout. The
@@ -27,7 +28,7 @@ use uftp_datachannel::{
 
 const USAGE: &str = "usage: uftp-codec --encode|--decode [--algo BLOWFISH|AES] [--key-b64 KEY] \
 [--gzip [--level N]] [--streams N] [--prefix PREFIX]\n       uftp-codec --loopback-bench MIB \
-[--algo ..] [--key-b64 ..] [--gzip] [--streams N]";
+[--bench-side encode|decode|both] [--algo ..] [--key-b64 ..] [--gzip] [--streams N]";
 
 #[derive(Debug, PartialEq)]
 enum Mode {
@@ -45,6 +46,7 @@ struct Args {
     level: Option<String>,
     streams: usize,
     prefix: Option<String>,
+    side: String,
 }
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -57,6 +59,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         level: None,
         streams: 1,
         prefix: None,
+        side: "both".into(),
     };
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -87,6 +90,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 }
             }
             "--prefix" => a.prefix = Some(value("--prefix")?),
+            "--bench-side" => a.side = value("--bench-side")?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument '{other}'")),
         }
@@ -112,6 +116,30 @@ fn stack(a: &Args) -> Result<CodecStack, String> {
     }
     Ok(s)
 }
+
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SinkStream for Capture {}
 
 struct Stdout(io::Stdout);
 
@@ -192,16 +220,54 @@ fn bench(a: &Args, s: &CodecStack, mib: u64) -> io::Result<()> {
     }
     let opts = ChannelOptions::default();
     let (st, o) = (s.clone(), opts.clone());
+    let total = mib << 20;
+    let side = a.side.clone();
+    // "encode": our writer, raw sockets drained on the other side;
+    // "decode": pre-encoded bytes sent raw, our reader decodes;
+    // "both": our writer and our reader.
+    let pre_encoded: Vec<Vec<u8>> = if side == "decode" {
+        let caps: Vec<Capture> = (0..n).map(|_| Capture::default()).collect();
+        let mut w = DataWriter::new(caps.clone(), s, &opts)?;
+        for _ in 0..mib {
+            w.write_all(&block)?;
+        }
+        w.finish()?;
+        caps.into_iter().map(|c| c.take()).collect()
+    } else {
+        Vec::new()
+    };
     let start = Instant::now();
     let sender = std::thread::spawn(move || -> io::Result<()> {
+        if side == "decode" {
+            let hs: Vec<_> = ws
+                .into_iter()
+                .zip(pre_encoded)
+                .map(|(mut w, d)| std::thread::spawn(move || w.write_all(&d)))
+                .collect();
+            for h in hs {
+                h.join().map_err(|_| io::Error::other("panic"))??;
+            }
+            return Ok(());
+        }
         let mut w = DataWriter::new(ws, &st, &o)?;
         for _ in 0..mib {
             w.write_all(&block)?;
         }
         w.finish()
     });
-    let mut r = DataReader::new(rs, s, &opts)?;
-    let got = io::copy(&mut r, &mut io::sink())?;
+    let got = if a.side == "encode" {
+        let hs: Vec<_> = rs
+            .into_iter()
+            .map(|mut r| std::thread::spawn(move || io::copy(&mut r, &mut io::sink())))
+            .collect();
+        for h in hs {
+            h.join().map_err(|_| io::Error::other("panic"))??;
+        }
+        total
+    } else {
+        let mut r = DataReader::new(rs, s, &opts)?;
+        io::copy(&mut r, &mut io::sink())?
+    };
     sender
         .join()
         .map_err(|_| io::Error::other("sender panicked"))??;
@@ -210,8 +276,9 @@ fn bench(a: &Args, s: &CodecStack, mib: u64) -> io::Result<()> {
         return Err(io::Error::other(format!("received {got} bytes")));
     }
     println!(
-        "{} streams={n} bytes={got} seconds={secs:.3} MB/s={:.1}",
+        "{} side={} streams={n} bytes={got} seconds={secs:.3} MB/s={:.1}",
         s.describe(),
+        a.side,
         got as f64 / secs / 1e6
     );
     Ok(())
