@@ -227,6 +227,37 @@ pub trait StorageBackend: Send + Sync {
     fn open_session(&self, spec: &StorageSpec<'_>) -> Result<Box<dyn Storage>, StorageError>;
 }
 
+/// Builds a backend from the daemon configuration; the argument looks up a
+/// configuration variable (environment first, then the config file).
+pub type StorageConstructor =
+    fn(&dyn Fn(&str) -> Option<String>) -> Result<Box<dyn StorageBackend>, String>;
+
+/// Static registration of a storage backend plugin: each backend crate
+/// submits one with `inventory::submit!`.
+#[derive(Debug)]
+pub struct StorageDescriptor {
+    /// Configuration name (matched case-insensitively).
+    pub name: &'static str,
+    /// Plugin version.
+    pub version: &'static str,
+    /// One line for `--list-plugins`.
+    pub description: &'static str,
+    /// Constructor.
+    pub constructor: StorageConstructor,
+}
+
+inventory::collect!(StorageDescriptor);
+
+/// All statically registered storage backends.
+pub fn registered() -> impl Iterator<Item = &'static StorageDescriptor> {
+    inventory::iter::<StorageDescriptor>.into_iter()
+}
+
+/// Finds a statically registered backend by name (case-insensitive).
+pub fn lookup(name: &str) -> Option<&'static StorageDescriptor> {
+    registered().find(|d| d.name.eq_ignore_ascii_case(name))
+}
+
 /// What went wrong, coarse enough to choose an FTP reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {

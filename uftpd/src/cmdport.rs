@@ -72,8 +72,24 @@ fn split_lines(bytes: &[u8]) -> Result<Vec<String>, ReadError> {
 }
 
 /// Serves one command-port connection.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, daemon: Arc<Daemon>) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, daemon: Arc<Daemon>) {
     let _ = stream.set_nodelay(true);
+    let authorized =
+        tokio::time::timeout(REQUEST_TIMEOUT, daemon.authorizer.authorize(stream, peer)).await;
+    let (mut stream, peer_name) = match authorized {
+        Ok(Ok(a)) => (a.stream, a.peer_name),
+        Ok(Err(e)) => {
+            tracing::warn!("Command port: rejected {peer}: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "Command port: rejected {peer}: no handshake within {REQUEST_TIMEOUT:?}"
+            );
+            return;
+        }
+    };
+    tracing::debug!("Command port: accepted {peer_name}");
     let reply = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut stream)).await {
         Err(_) => {
             tracing::warn!(

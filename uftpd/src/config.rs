@@ -122,6 +122,12 @@ pub struct Config {
     pub source: Option<PathBuf>,
     /// Names set in the file that uftpd does not use.
     pub ignored: Vec<String>,
+    /// Everything the file set, for plugin settings.
+    pub file_vars: BTreeMap<String, String>,
+    /// Storage backend plugin.
+    pub storage_backend: String,
+    /// Command-port authorizer plugin.
+    pub authorizer: String,
 }
 
 /// Parses the text of a uftpd.conf file into name/value pairs.
@@ -269,6 +275,7 @@ impl Config {
             }
             None => BTreeMap::new(),
         };
+        let file_vars = vars.clone();
         let ignored: Vec<String> = vars
             .keys()
             .filter(|k| !KNOWN_VARIABLES.contains(&k.as_str()))
@@ -354,7 +361,32 @@ impl Config {
             }),
             source: path.map(Path::to_path_buf),
             ignored,
+            file_vars,
+            storage_backend: "posix".to_string(),
+            authorizer: if get("SSL_CONF").is_some_and(|s| !s.trim().is_empty()) {
+                "acl".to_string()
+            } else {
+                "plain".to_string()
+            },
         })
+    }
+
+    /// A configuration variable as plugins see it: the environment first,
+    /// then the config file.
+    pub fn setting(&self, name: &str) -> Option<String> {
+        std::env::var(name)
+            .ok()
+            .or_else(|| self.file_vars.get(name).cloned())
+    }
+
+    /// The variables set in the config file, each overridden by the
+    /// environment variable of the same name (what session processes, which
+    /// start with a clean environment, see as plugin settings).
+    pub fn effective_file_vars(&self) -> BTreeMap<String, String> {
+        self.file_vars
+            .keys()
+            .filter_map(|k| self.setting(k).map(|v| (k.clone(), v)))
+            .collect()
     }
 
     /// True when a host setting means "all interfaces".

@@ -47,6 +47,10 @@ pub struct SessionSettings {
     pub pam_module: String,
     /// Whether to switch to the job's identity (daemon runs as root).
     pub switch_user: bool,
+    /// Storage backend plugin name.
+    pub storage_backend: String,
+    /// Config variables from the file, for plugin settings.
+    pub file_vars: std::collections::BTreeMap<String, String>,
 }
 
 impl SessionSettings {
@@ -63,6 +67,8 @@ impl SessionSettings {
             open_user_sessions: c.open_user_sessions,
             pam_module: c.pam_module.clone(),
             switch_user,
+            storage_backend: c.storage_backend.clone(),
+            file_vars: c.effective_file_vars(),
         }
     }
 }

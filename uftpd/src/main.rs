@@ -10,6 +10,7 @@ mod ftp;
 mod handover;
 mod jobs;
 mod logging;
+mod plugins;
 mod request;
 mod server;
 mod session;

@@ -39,6 +39,8 @@ pub struct Daemon {
     pub privileged: bool,
     /// Settings handed to sessions.
     pub settings: SessionSettings,
+    /// Who may use the command port.
+    pub authorizer: Box<dyn auth_api::CommandAuthorizer>,
     running: AtomicU64,
     total: AtomicU64,
 }
@@ -228,15 +230,26 @@ pub fn run(config: Config) -> Result<(), String> {
             "ACL file {} (used once TLS is enabled with SSL_CONF)",
             config.acl.display()
         );
-        if config.ssl_conf.is_some() {
-            return Err("SSL_CONF is set, but TLS on the command port is not available in this build yet; refusing to run the command port in plain text when TLS was asked for".to_string());
+        let lookup = |n: &str| config.setting(n);
+        let authorizer = crate::plugins::authorizer(&config.authorizer, &lookup)
+            .map_err(|e| match (&config.ssl_conf, e) {
+                (Some(_), crate::plugins::PluginError::Unknown { .. }) => {
+                    "SSL_CONF is set, but this build has no TLS authorizer ('acl' plugin); refusing to run the command port in plain text when TLS was asked for".to_string()
+                }
+                (_, e) => e.to_string(),
+            })?;
+        for line in authorizer.describe() {
+            tracing::info!("Command port: {line}");
         }
-        tracing::warn!("*****");
-        tracing::warn!("*****   WARNING:");
-        tracing::warn!("*****   The command port is PLAIN TEXT (SSL_CONF is not set).");
-        tracing::warn!("*****   Anybody who can connect to {}:{} can make uftpd", config.cmd_host, config.cmd_port);
-        tracing::warn!("*****   read and write files as any user. Do not use this in production.");
-        tracing::warn!("*****");
+        if !authorizer.secure() {
+            check_plaintext_binding(&config, privileged, &lookup)?;
+            tracing::warn!("*****");
+            tracing::warn!("*****   WARNING:");
+            tracing::warn!("*****   The command port is PLAIN TEXT (SSL_CONF is not set).");
+            tracing::warn!("*****   Anybody who can connect to {}:{} can make uftpd", config.cmd_host, config.cmd_port);
+            tracing::warn!("*****   read and write files as any user. Do not use this in production.");
+            tracing::warn!("*****");
+        }
         let settings = SessionSettings::from_config(&config, privileged);
         let daemon = Arc::new(Daemon {
             store: JobStore::new(
@@ -247,6 +260,7 @@ pub fn run(config: Config) -> Result<(), String> {
             exe,
             privileged,
             settings,
+            authorizer,
             running: AtomicU64::new(0),
             total: AtomicU64::new(0),
             config,
@@ -289,6 +303,35 @@ pub fn run(config: Config) -> Result<(), String> {
         );
         Ok(())
     })
+}
+
+/// A plain-text command port on a non-loopback address lets remote peers
+/// act as any user: as root, refuse that unless the admin says so.
+fn check_plaintext_binding(
+    config: &Config,
+    privileged: bool,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    let override_set = lookup("ALLOW_INSECURE_COMMAND_PORT")
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "yes" | "true" | "on"
+            )
+        })
+        .unwrap_or(false);
+    if !privileged || override_set {
+        return Ok(());
+    }
+    let addrs = listen_addrs(&config.cmd_host, config.cmd_port, config.disable_ipv6)
+        .map_err(|e| format!("CMD_HOST '{}': {e}", config.cmd_host))?;
+    if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(format!(
+            "refusing to run as root with a plain-text command port on {a} (CMD_HOST={}): set SSL_CONF for TLS, bind CMD_HOST to localhost, or set ALLOW_INSECURE_COMMAND_PORT=true on a closed network",
+            config.cmd_host
+        ));
+    }
+    Ok(())
 }
 
 async fn wait_for_shutdown() {

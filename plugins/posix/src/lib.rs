@@ -42,6 +42,21 @@ impl StorageBackend for PosixBackend {
     }
 }
 
+fn construct(
+    _settings: &dyn Fn(&str) -> Option<String>,
+) -> Result<Box<dyn StorageBackend>, String> {
+    Ok(Box::new(PosixBackend))
+}
+
+inventory::submit! {
+    storage_api::StorageDescriptor {
+        name: "posix",
+        version: env!("CARGO_PKG_VERSION"),
+        description: "POSIX files, paths resolved beneath the base directory (openat2 RESOLVE_BENEATH)",
+        constructor: construct,
+    }
+}
+
 /// How paths are resolved.
 #[derive(Debug)]
 enum Root {

@@ -26,8 +26,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use storage_api::{Identity, Storage, StorageBackend, StorageError, StorageSpec};
-use uftpd_posix::PosixBackend;
+use storage_api::{Identity, Storage, StorageError, StorageSpec};
 
 use crate::handover::{SessionJob, SessionSettings, receive_session};
 use crate::request::{AccessLevel, TransferRequest};
@@ -363,7 +362,11 @@ impl Session {
         }
         let (base, cwd, confined) = base_and_start(&request, &identity);
         let base_path = PathBuf::from(&base);
-        let storage = PosixBackend
+        let file_vars = settings.file_vars.clone();
+        let lookup = move |n: &str| file_vars.get(n).cloned();
+        let backend = crate::plugins::storage_backend(&settings.storage_backend, &lookup)
+            .map_err(|e| e.to_string())?;
+        let storage = backend
             .open_session(&StorageSpec {
                 base: &base_path,
                 confined,
