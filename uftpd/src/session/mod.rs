@@ -355,6 +355,13 @@ impl Session {
             settings,
             ..
         } = job;
+        // The backend (a dynamic plugin's library included) is set up while
+        // still privileged, from admin-owned paths; nothing of the user's is
+        // touched before the identity switch below.
+        let file_vars = settings.file_vars.clone();
+        let lookup = move |n: &str| file_vars.get(n).cloned();
+        let backend = crate::plugins::storage_backend(&settings.storage_backend, &lookup)
+            .map_err(|e| e.to_string())?;
         if settings.switch_user {
             privdrop::become_user(&identity).map_err(|e| e.to_string())?;
         } else {
@@ -362,10 +369,6 @@ impl Session {
         }
         let (base, cwd, confined) = base_and_start(&request, &identity);
         let base_path = PathBuf::from(&base);
-        let file_vars = settings.file_vars.clone();
-        let lookup = move |n: &str| file_vars.get(n).cloned();
-        let backend = crate::plugins::storage_backend(&settings.storage_backend, &lookup)
-            .map_err(|e| e.to_string())?;
         let storage = backend
             .open_session(&StorageSpec {
                 base: &base_path,
