@@ -418,9 +418,12 @@ def test_opts_hash_set(site):
 
 def test_opts_unknown_and_bad_values(site):
     c = site.control()
-    for line in ("OPTS NO_SUCH_OPTION 1", "OPTS HASH CRC32"):
-        r = c.cmd(line)
-        assert r.code == 500 and r.last.startswith("500 Error processing command 'OPTS': "), r
+    r = c.cmd("OPTS NO_SUCH_OPTION 1")
+    assert r.code == 500 and r.last.startswith("500 Error processing command 'OPTS': "), r
+    # a known option with a bad value: PROTOCOL.md is silent on the code (reference: 500)
+    r = c.cmd("OPTS HASH CRC32")
+    assert r.code in (500, 501) and r.last.startswith(f"{r.code} Error processing command 'OPTS': "), r
+    assert hash_feature("MD5") in feat_lines(c), "a refused OPTS HASH changed the algorithm"
     assert c.cmd("NOOP").lines == ["200 OK"]
 
 
