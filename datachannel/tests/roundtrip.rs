@@ -106,3 +106,32 @@ proptest! {
         prop_assert!(got == d, "{} n={}: data differs", name, n);
     }
 }
+
+/// One stream's share compresses to almost nothing while the other's does
+/// not compress at all: the compressor of stream 0 sits on its data while
+/// stream 1 fills the sockets. The idle flush of the sending workers keeps
+/// this from deadlocking with a round-robin reader.
+#[test]
+fn skewed_compression_does_not_deadlock() {
+    let stack = uftp_datachannel::CodecStack::legacy(None, None, true).expect("gzip");
+    let mut d = Vec::with_capacity(24 << 20);
+    let noise = data(1 << 20, 99);
+    let mut k = 0;
+    while d.len() < 24 << 20 {
+        d.extend_from_slice(&[0u8; 8192]);
+        d.extend_from_slice(&noise[k..k + 8192]);
+        k = (k + 8192) % ((1 << 20) - 8192);
+    }
+    let (ws, rs) = tcp_pairs(2);
+    let (st, dd) = (stack.clone(), d.clone());
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut w = DataWriter::new(ws, &st, &ChannelOptions::default())?;
+        w.write_all(&dd)?;
+        w.finish()
+    });
+    let mut r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).expect("read");
+    sender.join().expect("join").expect("writer");
+    assert!(got == d);
+}
