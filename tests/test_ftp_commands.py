@@ -467,3 +467,22 @@ def test_hash_with_rest(site):
     assert c.cmd("REST 1000").code == 350
     r = c.cmd("HASH h.bin")
     assert r.lines == [f"213 MD5 1000-4999 {hashlib.md5(data[1000:]).hexdigest()} {site.base}/h.bin"], r
+
+
+@pytest.mark.parametrize("key_bytes,algo,expected", [
+    (48, "AES", "CRYPTED-AES"),
+    (16, "BLOWFISH", "CRYPTED-BLOWFISH"),
+    (48, None, "CRYPTED-AES"),       # no algo: 32/40/48 bytes are AES
+    (20, None, "CRYPTED-BLOWFISH"),  # else BLOWFISH
+])
+def test_feat_lists_cipher_of_encrypted_session(site, reference, key_bytes, algo, expected):
+    import base64
+    key = base64.b64encode(os.urandom(key_bytes)).decode()
+    secret = site.new_secret()
+    reply = site.announce(secret=secret, key=key, algo=algo)
+    if reference and reply.startswith("ERROR::"):
+        pytest.skip(f"reference without its crypto package: {reply}")
+    assert reply == site.ok, reply
+    feats = feat_lines(site.control(secret))
+    assert expected in feats, feats
+    assert len([f for f in feats if f.startswith("CRYPTED-")]) == 1, feats

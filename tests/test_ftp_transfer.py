@@ -320,3 +320,56 @@ def test_rate_limit_is_honoured(site):
     assert got == data and r226.code == 226
     # 3 s at the limit; a burst allowance may shorten that, but never to under 1 s
     assert elapsed >= 1.0, f"3 x rateLimit bytes arrived in {elapsed:.2f}s"
+
+
+def test_streams_from_request_until_first_noop(site):
+    """`streams` in the request is the initial stream count (pyuftp sends no NOOP then)."""
+    data = site.put("m.bin", size=300_000)
+    c = site.control(streams="2")
+    socks = [c.pasv()[1], c.epsv()[1]]
+    try:
+        r150 = c.cmd("RETR m.bin")
+        assert bytes_available(r150) == len(data)
+        got = read_frames(socks)
+    finally:
+        for s in socks:
+            s.close()
+    assert got == data
+    assert c.read_reply().code == 226
+
+
+@pytest.mark.beyond_reference  # the reference answers 501 to a one-argument RANG
+def test_rang_with_one_argument_means_to_end(site):
+    """The Python server's copy client sends `RANG <a>` (PROTOCOL.md section 9)."""
+    data = site.put("f.bin", size=5000)
+    c = site.control()
+    r = c.cmd("RANG 1000")
+    assert r.code == 350, r
+    _, got, _ = c.retr("f.bin")
+    assert got == data[1000:]
+
+
+def test_keep_alive_listing_and_unknown_length_stor_close_the_channel(site):
+    """With KEEP-ALIVE, LIST/MLSD and STOR without a length still end with a close."""
+    site.put("a.bin", size=10)
+    up = os.urandom(10_000)
+    c = site.control()
+    assert c.cmd("OPTS KEEP_ALIVE true").lines == ["200 KEEP_ALIVE=true"]
+    _, s = c.pasv()
+    with s:
+        assert c.cmd("MLSD").lines == ["150 OK"]
+        listing = recv_all(s, 10)  # the server ends the listing by closing
+        assert b" a.bin" in listing
+    assert c.read_reply().lines == ["226 File transfer successful"]
+    _, s = c.pasv()
+    with s:
+        assert c.cmd("STOR up.bin").lines == ["150 OK"]
+        s.sendall(up)
+        s.shutdown(socket.SHUT_WR)  # unknown length: the client's close ends it
+        assert c.read_reply().lines == ["226 File transfer successful"]
+    assert site.path("up.bin").read_bytes() == up
+    _, s = c.pasv()  # the channel is usable again, and kept open for a known length
+    with s:
+        r150 = c.cmd("RETR up.bin")
+        assert recv_exact(s, bytes_available(r150)) == up
+        assert c.read_reply().code == 226
