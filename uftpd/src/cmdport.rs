@@ -159,13 +159,6 @@ async fn transfer(m: &HashMap<String, String>, peer: SocketAddr, daemon: &Arc<Da
             return format!("ERROR::{e}");
         }
     };
-    if let Err(e) = daemon.check_capabilities(&request) {
-        tracing::info!(
-            "Refusing transfer request for '{}' from {peer}: {e}",
-            request.user
-        );
-        return format!("ERROR::{e}");
-    }
     if request.client_ips.is_empty() && !daemon.config.disable_ip_check {
         let e = format!(
             "no usable client-ip in the request ('{}')",

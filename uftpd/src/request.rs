@@ -178,19 +178,17 @@ pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
     s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
-/// Checks a key's length for its algorithm.
-pub fn validate_key(algo: CipherAlgo, key: &[u8]) -> Result<(), String> {
-    match algo {
-        CipherAlgo::Blowfish if (4..=56).contains(&key.len()) => Ok(()),
-        CipherAlgo::Blowfish => Err(format!(
-            "BLOWFISH key must be 4 to 56 bytes, got {}",
-            key.len()
-        )),
-        CipherAlgo::Aes if matches!(key.len(), 32 | 40 | 48) => Ok(()),
-        CipherAlgo::Aes => Err(format!(
-            "AES key must be a 16-byte IV followed by a 16, 24 or 32-byte key (32, 40 or 48 bytes), got {}",
-            key.len()
-        )),
+impl TransferRequest {
+    /// The codec stack of the data channel (encryption, compression), built
+    /// and validated from the request's key/algo/compress.
+    pub fn codec_stack(&self) -> Result<uftp_datachannel::CodecStack, String> {
+        let algo = self.key.as_ref().map(|k| k.algo.to_string());
+        uftp_datachannel::CodecStack::legacy(
+            self.key.as_ref().map(|k| k.bytes.as_slice()),
+            algo.as_deref(),
+            self.compress,
+        )
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -247,7 +245,6 @@ pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, St
                     }
                 }
             };
-            validate_key(algo, &bytes)?;
             Some(SessionKey { algo, bytes })
         }
     };
@@ -267,7 +264,7 @@ pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, St
             })
             .unwrap_or_default()
     };
-    Ok(TransferRequest {
+    let request = TransferRequest {
         client_ips,
         client_ip_raw,
         user,
@@ -285,7 +282,10 @@ pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, St
         includes: list("includes"),
         excludes: list("excludes"),
         access,
-    })
+    };
+    // A key of the wrong length is refused now, not at transfer time.
+    request.codec_stack()?;
+    Ok(request)
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::handover::SessionSettings;
 use crate::jobs::JobStore;
-use crate::request::TransferRequest;
 
 /// Concurrent command-port connections served; more wait in the backlog.
 const MAX_CMD_CONNECTIONS: usize = 256;
@@ -46,17 +45,6 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Refuses requests for features this build cannot serve yet.
-    pub fn check_capabilities(&self, r: &TransferRequest) -> Result<(), String> {
-        if r.key.is_some() {
-            return Err("Encrypted data connections are not supported by this server yet".into());
-        }
-        if r.compress {
-            return Err("Compressed data connections are not supported by this server yet".into());
-        }
-        Ok(())
-    }
-
     /// A session process was started.
     pub fn sessions_started(&self) {
         self.running.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! Commands answered on the control channel: NOOP, FEAT, OPTS, TYPE,
 //! KEEP-ALIVE, SIZE, MLST, STAT.
 
-use super::{CmdError, CmdResult, HashAlgo, MAX_STREAMS_NOW, Session, listing, paths};
+use super::{CmdError, CmdResult, HashAlgo, Session, listing, paths};
 use crate::request::AccessLevel;
 
 fn parse_bool(v: &str) -> bool {
@@ -37,7 +37,7 @@ impl Session {
         let Ok(n) = arg.parse::<i64>() else {
             return self.ok_reply("200 OK");
         };
-        let cap = (self.settings.max_streams as usize).clamp(1, MAX_STREAMS_NOW) as i64;
+        let cap = i64::from(self.settings.max_streams.max(1));
         let granted = n.clamp(1, cap);
         self.data.streams = granted as usize;
         let code = if granted == n { 222 } else { 223 };

@@ -2,12 +2,13 @@
 //! LIST, NLST, MLSD, and HASH (which reads the file but answers on the
 //! control channel).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use digest::Digest;
 use storage_api::{LayoutHints, WriteMode};
+use uftp_datachannel::{ChannelOptions, DataReader, DataWriter};
 
 use super::transfer::{self, Params, RateLimiter, TransferError};
 use super::{CmdError, CmdResult, Flow, HashAlgo, Session, listing, paths};
@@ -151,6 +152,37 @@ impl Session {
         ))
     }
 
+    /// Whether the next transfer can use the socket directly: one stream,
+    /// no codecs (zero-copy, KEEP-ALIVE possible).
+    fn direct(&self) -> bool {
+        self.data.streams == 1 && self.stack.is_plain()
+    }
+
+    /// Makes sure the data channel is complete before the 150 reply.
+    fn ready_data(&mut self) -> Result<(), CmdError> {
+        if let Err(e) = self.data.connections() {
+            self.range = super::Range::default();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn channel_writer(&mut self) -> Result<DataWriter, CmdError> {
+        let conns = self.data.take();
+        DataWriter::new(conns, &self.stack, &ChannelOptions::default()).map_err(|e| {
+            self.range = super::Range::default();
+            CmdError::new(425, format!("Cannot open data channel: {e}"))
+        })
+    }
+
+    fn channel_reader(&mut self) -> Result<DataReader, CmdError> {
+        let conns = self.data.take();
+        DataReader::new(conns, &self.stack, &ChannelOptions::default()).map_err(|e| {
+            self.range = super::Range::default();
+            CmdError::new(425, format!("Cannot open data channel: {e}"))
+        })
+    }
+
     pub(super) fn retr(&mut self, arg: &str) -> CmdResult {
         self.require(AccessLevel::Read)?;
         let r = self.target(arg, false)?;
@@ -160,16 +192,7 @@ impl Session {
         }
         let (offset, len) = self.range.for_read(st.size);
         let mut file = self.storage.open_read(&r.rel, offset)?;
-        let conn = match self.data.connections() {
-            Ok(c) => c,
-            Err(e) => {
-                self.range = super::Range::default();
-                return Err(e.into());
-            }
-        };
-        let Some(sock) = conn.first_mut() else {
-            return Err(CmdError::new(425, "No data connection"));
-        };
+        self.ready_data()?;
         if self
             .ctl
             .reply(&format!("150 OK {len} bytes available for reading."))
@@ -177,20 +200,41 @@ impl Session {
         {
             return Ok(Flow::Quit);
         }
+        let direct = self.direct();
+        let mut channel = if direct {
+            None
+        } else {
+            Some(self.channel_writer()?)
+        };
         let started = Instant::now();
-        let mut limiter =
-            (self.opts.rate_limit > 0).then(|| RateLimiter::new(self.opts.rate_limit));
+        let mut limiter = self.rate_limiter();
         let params = Params {
             buffer_size: self.opts.file_read_buffer,
             zero_copy: self.opts.sendfile,
             rate: limiter.as_mut(),
         };
-        let result = transfer::send_file(file.as_mut(), len, sock, params);
+        let result = match channel.as_mut() {
+            Some(w) => transfer::send_to_channel(file.as_mut(), len, w, params),
+            None => match self.data.connections() {
+                Ok(conns) => match conns.first_mut() {
+                    Some(sock) => transfer::send_file(file.as_mut(), len, sock, params),
+                    None => Err(TransferError::Network(
+                        std::io::ErrorKind::NotConnected.into(),
+                    )),
+                },
+                Err(e) => Err(TransferError::Network(std::io::Error::other(e.to_string()))),
+            },
+        };
         drop(file);
+        // Codec trailers and the end of a multi-stream channel.
+        let result = match (result, channel) {
+            (Ok(n), Some(w)) => w.finish().map(|_| n).map_err(TransferError::Network),
+            (r, _) => r,
+        };
         match result {
             Ok(n) if n == len => {
                 self.log_usage(true, n, started);
-                self.end_transfer(true);
+                self.end_transfer(direct);
                 self.ok_reply("226 File transfer successful")
             }
             Ok(n) => {
@@ -231,28 +275,38 @@ impl Session {
             streams: self.data.streams as u32,
         };
         let mut file = self.storage.open_write(&r.rel, mode, &hints)?;
-        let conn = match self.data.connections() {
-            Ok(c) => c,
-            Err(e) => {
-                self.range = super::Range::default();
-                return Err(e.into());
-            }
-        };
-        let Some(sock) = conn.first_mut() else {
-            return Err(CmdError::new(425, "No data connection"));
-        };
+        self.ready_data()?;
         if self.ctl.reply("150 OK").is_err() {
             return Ok(Flow::Quit);
         }
+        // Built after the 150: a decoder may wait for the first bytes.
+        let direct = self.direct();
+        let mut channel = if direct {
+            None
+        } else {
+            Some(self.channel_reader()?)
+        };
         let started = Instant::now();
-        let mut limiter =
-            (self.opts.rate_limit > 0).then(|| RateLimiter::new(self.opts.rate_limit));
+        let mut limiter = self.rate_limiter();
         let params = Params {
             buffer_size: self.opts.file_write_buffer,
             zero_copy: self.opts.sendfile,
             rate: limiter.as_mut(),
         };
-        let result = transfer::receive_file(sock, file.as_mut(), limit, params);
+        let result = match channel.as_mut() {
+            // Codec and multi-stream data always runs to its verified end.
+            Some(reader) => transfer::receive_from_channel(reader, file.as_mut(), limit, params),
+            None => match self.data.connections() {
+                Ok(conns) => match conns.first_mut() {
+                    Some(sock) => transfer::receive_file(sock, file.as_mut(), limit, params),
+                    None => Err(TransferError::Network(
+                        std::io::ErrorKind::NotConnected.into(),
+                    )),
+                },
+                Err(e) => Err(TransferError::Network(std::io::Error::other(e.to_string()))),
+            },
+        };
+        drop(channel);
         match result {
             Ok(n) => {
                 if let Some(want) = limit
@@ -273,7 +327,7 @@ impl Session {
                 }
                 self.log_usage(false, n, started);
                 // Unknown length: the client closed its side to end the data.
-                self.end_transfer(limit.is_some());
+                self.end_transfer(direct && limit.is_some());
                 self.ok_reply("226 File transfer successful")
             }
             Err(e) => {
@@ -298,27 +352,57 @@ impl Session {
         } else {
             path
         };
-        let r = self.resolve(&path)?;
-        let st = match self.storage.stat(&r.rel) {
-            Ok(st) => st,
+        let text = match self.listing_text(&path, style) {
+            Ok(t) => t,
             Err(e) => {
                 self.data.close();
-                return Err(e.into());
+                return Err(e);
             }
         };
+        self.ready_data()?;
+        if self.ctl.reply("150 OK").is_err() {
+            return Ok(Flow::Quit);
+        }
+        let mut channel = if self.direct() {
+            None
+        } else {
+            Some(self.channel_writer()?)
+        };
+        let mut limiter = self.rate_limiter();
+        let result = match channel.as_mut() {
+            Some(w) => w.write_all(text.as_bytes()).map_err(TransferError::Network),
+            None => match self.data.connections() {
+                Ok(conns) => match conns.first_mut() {
+                    Some(sock) => transfer::send_bytes(sock, text.as_bytes(), limiter.as_mut()),
+                    None => Err(TransferError::Network(
+                        std::io::ErrorKind::NotConnected.into(),
+                    )),
+                },
+                Err(e) => Err(TransferError::Network(std::io::Error::other(e.to_string()))),
+            },
+        };
+        let result = match (result, channel) {
+            (Ok(()), Some(w)) => w.finish().map_err(TransferError::Network),
+            (r, _) => r,
+        };
+        // A listing always ends by closing the data channel.
+        self.range = super::Range::default();
+        self.data.close();
+        match result {
+            Ok(()) => self.ok_reply("226 File transfer successful"),
+            Err(e) => Err(transfer_error(e)),
+        }
+    }
+
+    /// The lines of a LIST/NLST/MLSD reply.
+    fn listing_text(&self, path: &str, style: ListStyle) -> Result<String, CmdError> {
+        let r = self.resolve(path)?;
+        let st = self.storage.stat(&r.rel)?;
         let entries = if st.is_dir() {
-            match self.storage.list(&r.rel) {
-                Ok(mut e) => {
-                    e.sort_by(|a, b| a.name.cmp(&b.name));
-                    e
-                }
-                Err(e) => {
-                    self.data.close();
-                    return Err(e.into());
-                }
-            }
+            let mut e = self.storage.list(&r.rel)?;
+            e.sort_by(|a, b| a.name.cmp(&b.name));
+            e
         } else if style == ListStyle::Mlsd {
-            self.data.close();
             return Err(CmdError::new(550, format!("Not a directory: {}", r.abs)));
         } else {
             vec![storage_api::DirEntry {
@@ -340,22 +424,7 @@ impl Session {
             }
             text.push_str("\r\n");
         }
-        let mut limiter = self.rate_limiter();
-        let conn = self.data.connections()?;
-        let Some(sock) = conn.first_mut() else {
-            return Err(CmdError::new(425, "No data connection"));
-        };
-        if self.ctl.reply("150 OK").is_err() {
-            return Ok(Flow::Quit);
-        }
-        let result = transfer::send_bytes(sock, text.as_bytes(), limiter.as_mut());
-        // A listing always ends by closing the data channel.
-        self.range = super::Range::default();
-        self.data.close();
-        match result {
-            Ok(()) => self.ok_reply("226 File transfer successful"),
-            Err(e) => Err(transfer_error(e)),
-        }
+        Ok(text)
     }
 
     pub(super) fn hash(&mut self, arg: &str) -> CmdResult {

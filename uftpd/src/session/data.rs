@@ -91,6 +91,14 @@ impl DataChannel {
         self.pending.len() + self.conns.len()
     }
 
+    /// Hands the open connections over (to a codec or multi-stream channel,
+    /// which ends by closing them) and falls back to one stream.
+    pub fn take(&mut self) -> Vec<TcpStream> {
+        self.pending.clear();
+        self.streams = 1;
+        std::mem::take(&mut self.conns)
+    }
+
     /// Closes every listener and connection and falls back to one stream.
     pub fn close(&mut self) {
         self.pending.clear();

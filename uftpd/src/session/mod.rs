@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use storage_api::{Identity, Storage, StorageError, StorageSpec};
+use uftp_datachannel::CodecStack;
 
 use crate::handover::{SessionJob, SessionSettings, receive_session};
 use crate::request::{AccessLevel, TransferRequest};
@@ -189,6 +190,7 @@ struct Parts {
     opts: Options,
     range: Range,
     data: DataChannel,
+    stack: CodecStack,
     peer: SocketAddr,
 }
 
@@ -209,6 +211,7 @@ impl Parts {
             opts: self.opts,
             range: self.range,
             data: self.data,
+            stack: self.stack,
             rename_from: None,
             peer: self.peer,
         }
@@ -231,6 +234,8 @@ pub struct Session {
     opts: Options,
     range: Range,
     data: DataChannel,
+    /// Codecs of every data stream (from the request's key/compress).
+    stack: CodecStack,
     rename_from: Option<Resolved>,
     peer: SocketAddr,
 }
@@ -394,9 +399,9 @@ impl Session {
             .stream()
             .peer_addr()
             .map_err(|e| format!("control connection: {e}"))?;
+        let stack = request.codec_stack()?;
         let mut data = DataChannel::new(local, peer, settings.port_range);
-        data.streams =
-            (request.streams.min(settings.max_streams) as usize).clamp(1, MAX_STREAMS_NOW);
+        data.streams = (request.streams.min(settings.max_streams) as usize).max(1);
         let opts = Options {
             rate_limit: request.rate_limit,
             initial_rate_limit: request.rate_limit,
@@ -434,6 +439,7 @@ impl Session {
             opts,
             range: Range::default(),
             data,
+            stack,
             peer,
         })
     }
@@ -616,10 +622,6 @@ impl Session {
         Ok(r)
     }
 }
-
-/// Streams per data channel this build can serve; multi-stream framing
-/// lands with the data-channel codecs.
-pub const MAX_STREAMS_NOW: usize = 1;
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use storage_api::{ReadHandle, WriteHandle};
+use uftp_datachannel::{DataReader, DataWriter};
 
 /// Largest single sendfile call.
 const SENDFILE_CHUNK: usize = 1 << 30;
@@ -213,6 +214,124 @@ pub fn receive_file(
         total += n as u64;
         if let Some(r) = rate.as_deref_mut() {
             r.take(n);
+        }
+    }
+    Ok(total)
+}
+
+/// Remembers a file read error so that it can be told apart from a
+/// failure of the data channel that consumes the reader.
+struct FileReader<'a> {
+    inner: &'a mut dyn ReadHandle,
+    left: u64,
+    error: Option<io::Error>,
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = usize::try_from(self.left)
+            .unwrap_or(buf.len())
+            .min(buf.len());
+        loop {
+            match self.inner.read(&mut buf[..want]) {
+                Ok(n) => {
+                    self.left -= n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let copy = io::Error::new(e.kind(), e.to_string());
+                    self.error = Some(e);
+                    return Err(copy);
+                }
+            }
+        }
+    }
+}
+
+/// Sends up to `len` bytes of `file` through a codec / multi-stream
+/// channel (the caller finishes the channel). Returns the bytes sent.
+pub fn send_to_channel(
+    file: &mut dyn ReadHandle,
+    len: u64,
+    w: &mut DataWriter,
+    p: Params<'_>,
+) -> Result<u64, TransferError> {
+    let Params {
+        buffer_size,
+        rate,
+        ..
+    } = p;
+    let mut src = FileReader {
+        inner: file,
+        left: len,
+        error: None,
+    };
+    let Some(r) = rate else {
+        // Reads straight into the channel's block buffers.
+        return w.copy_from(&mut src).map_err(|e| match src.error.take() {
+            Some(fe) => TransferError::File(fe),
+            None => TransferError::Network(e),
+        });
+    };
+    let mut buf = vec![0u8; buffer_size.max(4096).min(r.chunk().max(4096))];
+    let mut sent = 0u64;
+    loop {
+        let want = buf.len().min(r.chunk());
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => return Err(TransferError::File(src.error.take().unwrap_or(e))),
+        };
+        w.write_all(&buf[..n]).map_err(TransferError::Network)?;
+        sent += n as u64;
+        r.take(n);
+    }
+    Ok(sent)
+}
+
+/// Receives everything a codec / multi-stream channel delivers into
+/// `file`; at most `limit` bytes are written, more is an error. Returns the
+/// bytes written.
+pub fn receive_from_channel(
+    r: &mut DataReader,
+    file: &mut dyn WriteHandle,
+    limit: Option<u64>,
+    p: Params<'_>,
+) -> Result<u64, TransferError> {
+    let Params {
+        buffer_size,
+        mut rate,
+        ..
+    } = p;
+    let mut buf = vec![0u8; buffer_size.max(4096)];
+    let mut total = 0u64;
+    loop {
+        let mut want = buf.len();
+        if let Some(l) = rate.as_deref() {
+            want = want.min(l.chunk());
+        }
+        let n = match r.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(TransferError::Network(e)),
+        };
+        if let Some(l) = limit
+            && total + n as u64 > l
+        {
+            return Err(TransferError::Network(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("client sent more than the announced {l} bytes"),
+            )));
+        }
+        file.write_all(&buf[..n]).map_err(TransferError::File)?;
+        total += n as u64;
+        if let Some(l) = rate.as_deref_mut() {
+            l.take(n);
         }
     }
     Ok(total)

@@ -1,0 +1,572 @@
+//! A UFTP client: the dialect of the UFTPD servers (PROTOCOL.md).
+//!
+//! Log in with the one-time secret an Auth server handed out, then list,
+//! download and upload over passive data connections with optional
+//! multiple TCP streams (`NOOP n`), legacy encryption (BLOWFISH/AES) and
+//! gzip compression. Used by uftpd's tests, its benchmarks and its
+//! server-to-server copy.
+//!
+//! ```no_run
+//! use uftp_client::{Client, ClientOptions};
+//! # fn main() -> Result<(), uftp_client::ClientError> {
+//! let opts = ClientOptions { streams: 4, ..ClientOptions::default() };
+//! let mut c = Client::connect("127.0.0.1:64434", "the-secret", opts)?;
+//! let mut out = Vec::new();
+//! let n = c.get("data.bin", None, &mut out)?;
+//! assert_eq!(n as usize, out.len());
+//! c.quit()?;
+//! # Ok(()) }
+//! ```
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use uftp_datachannel::{ChannelOptions, CodecStack, DataReader, DataWriter};
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Network or local file error.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The server answered with an unexpected reply.
+    #[error("server replied to '{command}': {reply}")]
+    Server {
+        /// The command sent (secrets masked).
+        command: String,
+        /// The reply (all lines).
+        reply: Reply,
+    },
+    /// The server's reply could not be understood.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A codec could not be set up (bad key, unknown algorithm).
+    #[error("codec: {0}")]
+    Codec(String),
+}
+
+/// A server reply: the code and every line (the last one included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Three-digit code.
+    pub code: u16,
+    /// All lines, without line ends.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// The text of the last line after the code.
+    pub fn text(&self) -> &str {
+        self.lines
+            .last()
+            .map(|l| l.get(4..).unwrap_or(""))
+            .unwrap_or("")
+    }
+
+    /// Lines between the first and the last (the body of a multi-line reply).
+    pub fn body(&self) -> &[String] {
+        if self.lines.len() > 2 {
+            &self.lines[1..self.lines.len() - 1]
+        } else {
+            &[]
+        }
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.lines.join(" | "))
+    }
+}
+
+/// Client settings for one session.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Parallel TCP streams per data channel (1 = plain FTP).
+    pub streams: usize,
+    /// Data-channel key (raw bytes) as sent in the transfer request.
+    pub key: Option<Vec<u8>>,
+    /// `BLOWFISH` or `AES` (default by key length).
+    pub algo: Option<String>,
+    /// gzip the data streams.
+    pub compress: bool,
+    /// Timeout for connects and reads.
+    pub timeout: Duration,
+    /// Use EPSV instead of PASV.
+    pub epsv: bool,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            streams: 1,
+            key: None,
+            algo: None,
+            compress: false,
+            timeout: Duration::from_secs(60),
+            epsv: false,
+        }
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Name.
+    pub name: String,
+    /// Directory?
+    pub is_dir: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ms since the epoch (STAT) or 0.
+    pub mtime_ms: u64,
+    /// Permission letters (`rwx` or with `-`).
+    pub perm: String,
+}
+
+impl FileInfo {
+    /// Parses a STAT line `<d|-><r|-><w|-><x|-> <size> <mtime ms> <name>`.
+    pub fn parse_stat_line(line: &str) -> Option<FileInfo> {
+        let line = line.trim_start();
+        let mut it = line.splitn(4, ' ');
+        let flags = it.next()?;
+        let size = it.next()?.parse().ok()?;
+        let mtime_ms = it.next()?.parse().ok()?;
+        let name = it.next()?.to_string();
+        Some(FileInfo {
+            name,
+            is_dir: flags.starts_with('d'),
+            size,
+            mtime_ms,
+            perm: flags.get(1..).unwrap_or("").to_string(),
+        })
+    }
+}
+
+/// A logged-in UFTP session.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    opts: ClientOptions,
+    stack: CodecStack,
+    channel: ChannelOptions,
+    /// Lines of the FEAT reply (trimmed).
+    pub features: Vec<String>,
+    /// The greeting line.
+    pub greeting: String,
+    peer: SocketAddr,
+    /// Streams granted by the server for the next data channel.
+    granted: usize,
+}
+
+fn mask(cmd: &str) -> String {
+    if cmd.to_ascii_uppercase().starts_with("PASS ") {
+        "PASS ***".to_string()
+    } else {
+        cmd.to_string()
+    }
+}
+
+impl Client {
+    /// Connects, logs in with `secret`, reads FEAT.
+    pub fn connect(addr: &str, secret: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+        let stack = CodecStack::legacy(opts.key.as_deref(), opts.algo.as_deref(), opts.compress)
+            .map_err(|e| ClientError::Codec(e.to_string()))?;
+        let sa = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| ClientError::Protocol(format!("cannot resolve {addr}")))?;
+        let s = TcpStream::connect_timeout(&sa, opts.timeout)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(opts.timeout))?;
+        let peer = s.peer_addr()?;
+        let mut c = Client {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+            opts,
+            stack,
+            channel: ChannelOptions::default(),
+            features: Vec::new(),
+            greeting: String::new(),
+            peer,
+            granted: 1,
+        };
+        let greeting = c.read_reply()?;
+        if greeting.code != 220 {
+            return Err(ClientError::Server {
+                command: "(connect)".into(),
+                reply: greeting,
+            });
+        }
+        c.greeting = greeting.lines.join("\n");
+        c.expect("USER anonymous", 331)?;
+        c.expect(&format!("PASS {secret}"), 230)?;
+        let feat = c.expect("FEAT", 211)?;
+        c.features = feat.body().iter().map(|l| l.trim().to_string()).collect();
+        if c.features.iter().any(|f| f == "EPSV") && peer.is_ipv6() {
+            c.opts.epsv = true;
+        }
+        Ok(c)
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        let mut lines = Vec::new();
+        let mut code: Option<u16> = None;
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line)?;
+            if n == 0 {
+                return Err(ClientError::Protocol(
+                    "control connection closed by the server".into(),
+                ));
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            let c = line
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|_| line.len() == 3 || matches!(line.as_bytes()[3], b' ' | b'-'));
+            match (code, c) {
+                (None, Some(c)) => {
+                    let last = line.len() == 3 || line.as_bytes()[3] == b' ';
+                    lines.push(line);
+                    if last {
+                        return Ok(Reply { code: c, lines });
+                    }
+                    code = Some(c);
+                }
+                (None, None) => {
+                    return Err(ClientError::Protocol(format!("malformed reply '{line}'")));
+                }
+                (Some(first), Some(c)) if c == first && line.as_bytes().get(3) == Some(&b' ') => {
+                    lines.push(line);
+                    return Ok(Reply { code: first, lines });
+                }
+                (Some(first), Some(c)) if c == first && line.len() == 3 => {
+                    lines.push(line);
+                    return Ok(Reply { code: first, lines });
+                }
+                _ => lines.push(line),
+            }
+        }
+    }
+
+    /// Sends one command line and reads the reply (skipping bare `213-`
+    /// keep-alive lines of HASH).
+    pub fn command(&mut self, cmd: &str) -> Result<Reply, ClientError> {
+        self.writer.write_all(format!("{cmd}\r\n").as_bytes())?;
+        loop {
+            let r = self.read_reply()?;
+            // HASH progress lines: "213-" alone.
+            if r.lines.len() == 1 && r.lines[0] == "213-" {
+                continue;
+            }
+            return Ok(r);
+        }
+    }
+
+    /// Sends a command and requires the reply code.
+    pub fn expect(&mut self, cmd: &str, code: u16) -> Result<Reply, ClientError> {
+        let r = self.command(cmd)?;
+        if r.code != code {
+            return Err(ClientError::Server {
+                command: mask(cmd),
+                reply: r,
+            });
+        }
+        Ok(r)
+    }
+
+    /// The server's working directory.
+    pub fn pwd(&mut self) -> Result<String, ClientError> {
+        let r = self.expect("PWD", 257)?;
+        let t = r.text();
+        Ok(t.trim().trim_matches('"').to_string())
+    }
+
+    /// Changes directory.
+    pub fn cwd(&mut self, path: &str) -> Result<(), ClientError> {
+        self.expect(&format!("CWD {path}"), 200).map(|_| ())
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&mut self, path: &str) -> Result<(), ClientError> {
+        self.expect(&format!("MKD {path}"), 257).map(|_| ())
+    }
+
+    /// Removes a file.
+    pub fn rm(&mut self, path: &str) -> Result<(), ClientError> {
+        self.expect(&format!("DELE {path}"), 200).map(|_| ())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&mut self, path: &str) -> Result<(), ClientError> {
+        self.expect(&format!("RMD {path}"), 200).map(|_| ())
+    }
+
+    /// Renames.
+    pub fn rename(&mut self, from: &str, to: &str) -> Result<(), ClientError> {
+        self.expect(&format!("RNFR {from}"), 350)?;
+        self.expect(&format!("RNTO {to}"), 200).map(|_| ())
+    }
+
+    /// Size of a file.
+    pub fn size(&mut self, path: &str) -> Result<u64, ClientError> {
+        let r = self.expect(&format!("SIZE {path}"), 213)?;
+        r.text()
+            .trim()
+            .parse()
+            .map_err(|_| ClientError::Protocol(format!("bad SIZE reply '{r}'")))
+    }
+
+    /// Directory contents (STAT N on the control channel).
+    pub fn list(&mut self, dir: &str) -> Result<Vec<FileInfo>, ClientError> {
+        let r = self.expect(&format!("STAT N {dir}"), 211)?;
+        Ok(r.body()
+            .iter()
+            .filter_map(|l| FileInfo::parse_stat_line(l))
+            .collect())
+    }
+
+    /// Checksum of a file (or of `range` = (offset, length) of it):
+    /// returns the hex digest.
+    pub fn hash(
+        &mut self,
+        path: &str,
+        algo: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<String, ClientError> {
+        self.expect(&format!("OPTS HASH {algo}"), 200)?;
+        if let Some((off, len)) = range {
+            self.expect(&format!("RANG {off} {}", off + len), 350)?;
+        }
+        let r = self.expect(&format!("HASH {path}"), 213)?;
+        let text = r.text().to_string();
+        let mut it = text.split(' ');
+        let (_algo, _range, digest) = (it.next(), it.next(), it.next());
+        digest
+            .map(String::from)
+            .ok_or_else(|| ClientError::Protocol(format!("bad HASH reply '{text}'")))
+    }
+
+    /// Negotiates streams and opens the data connections.
+    fn open_data(&mut self) -> Result<Vec<TcpStream>, ClientError> {
+        let want = self.opts.streams.max(1);
+        self.granted = want;
+        if want > 1 {
+            let r = self.command(&format!("NOOP {want}"))?;
+            match r.code {
+                222 => {}
+                223 => {
+                    let m = r
+                        .lines
+                        .last()
+                        .and_then(|l| l.split(' ').nth(2))
+                        .and_then(|m| m.parse::<usize>().ok())
+                        .ok_or_else(|| ClientError::Protocol(format!("bad NOOP reply '{r}'")))?;
+                    self.granted = m.max(1);
+                }
+                _ => {
+                    return Err(ClientError::Server {
+                        command: format!("NOOP {want}"),
+                        reply: r,
+                    });
+                }
+            }
+        }
+        let mut conns = Vec::with_capacity(self.granted);
+        for _ in 0..self.granted {
+            let addr = if self.opts.epsv {
+                let r = self.expect("EPSV", 229)?;
+                let port = parse_epsv(r.text())
+                    .ok_or_else(|| ClientError::Protocol(format!("bad EPSV reply '{r}'")))?;
+                SocketAddr::new(self.peer.ip(), port)
+            } else {
+                let r = self.expect("PASV", 227)?;
+                let (ip, port) = parse_pasv(r.text())
+                    .ok_or_else(|| ClientError::Protocol(format!("bad PASV reply '{r}'")))?;
+                // Like ftplib: trust the control connection's peer address
+                // over the one in the reply (NAT).
+                let _ = ip;
+                SocketAddr::new(self.peer.ip(), port)
+            };
+            let s = TcpStream::connect_timeout(&addr, self.opts.timeout)?;
+            s.set_read_timeout(Some(self.opts.timeout))?;
+            s.set_write_timeout(Some(self.opts.timeout))?;
+            conns.push(s);
+        }
+        Ok(conns)
+    }
+
+    /// Downloads `path` (or `range` = (offset, length) of it) into `out`;
+    /// returns the bytes received.
+    pub fn get(
+        &mut self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        out: &mut dyn Write,
+    ) -> Result<u64, ClientError> {
+        if let Some((off, len)) = range {
+            self.expect(&format!("RANG {off} {}", off + len), 350)?;
+        }
+        let conns = self.open_data()?;
+        let r = self.expect(&format!("RETR {path}"), 150)?;
+        let announced: u64 = r
+            .lines
+            .last()
+            .and_then(|l| l.split(' ').nth(2))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| ClientError::Protocol(format!("bad RETR reply '{r}'")))?;
+        let mut reader = DataReader::new(conns, &self.stack, &self.channel)
+            .map_err(|e| ClientError::Io(e.into()))?;
+        let mut total = 0u64;
+        if self.stack.is_plain() && self.granted == 1 {
+            // Plain single stream: exactly the announced bytes.
+            let mut limited = (&mut reader).take(announced);
+            total = io::copy(&mut limited, out)?;
+        } else {
+            // Codecs and framing end at their verified end of stream.
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])?;
+                total += n as u64;
+            }
+        }
+        drop(reader);
+        let done = self.read_reply()?;
+        if done.code != 226 {
+            return Err(ClientError::Server {
+                command: format!("RETR {path}"),
+                reply: done,
+            });
+        }
+        if total != announced {
+            return Err(ClientError::Protocol(format!(
+                "server announced {announced} bytes but sent {total}"
+            )));
+        }
+        Ok(total)
+    }
+
+    /// Uploads from `src` to `path`. `len` (when known) is sent as ALLO;
+    /// `offset` writes in place at that offset (RANG/REST, no truncation);
+    /// returns the bytes sent.
+    pub fn put(
+        &mut self,
+        path: &str,
+        src: &mut dyn Read,
+        len: Option<u64>,
+        offset: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        self.store("STOR", path, src, len, offset)
+    }
+
+    /// Appends `src` to `path`.
+    pub fn append(&mut self, path: &str, src: &mut dyn Read) -> Result<u64, ClientError> {
+        self.store("APPE", path, src, None, None)
+    }
+
+    fn store(
+        &mut self,
+        verb: &str,
+        path: &str,
+        src: &mut dyn Read,
+        len: Option<u64>,
+        offset: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        match (offset, len) {
+            (Some(off), Some(l)) => {
+                self.expect(&format!("RANG {off} {}", off + l), 350)?;
+            }
+            (Some(off), None) => {
+                self.expect(&format!("REST {off}"), 350)?;
+            }
+            (None, Some(l)) => {
+                self.expect(&format!("ALLO {l}"), 200)?;
+            }
+            (None, None) => {}
+        }
+        let conns = self.open_data()?;
+        self.expect(&format!("{verb} {path}"), 150)?;
+        let mut w = DataWriter::new(conns, &self.stack, &self.channel)
+            .map_err(|e| ClientError::Io(e.into()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            w.write_all(&buf[..n])?;
+            total += n as u64;
+        }
+        w.finish()?;
+        let done = self.read_reply()?;
+        if done.code != 226 {
+            return Err(ClientError::Server {
+                command: format!("{verb} {path}"),
+                reply: done,
+            });
+        }
+        Ok(total)
+    }
+
+    /// Ends the session.
+    pub fn quit(mut self) -> Result<(), ClientError> {
+        self.expect("QUIT", 221).map(|_| ())
+    }
+}
+
+/// Parses `Entering Passive Mode (h1,h2,h3,h4,p1,p2)`.
+pub fn parse_pasv(text: &str) -> Option<(IpAddr, u16)> {
+    let start = text.find('(')? + 1;
+    let end = text[start..].find(')')? + start;
+    let nums: Vec<u8> = text[start..end]
+        .split(',')
+        .map(|s| s.trim().parse::<u8>())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if nums.len() != 6 {
+        return None;
+    }
+    let ip = IpAddr::from([nums[0], nums[1], nums[2], nums[3]]);
+    Some((ip, u16::from(nums[4]) << 8 | u16::from(nums[5])))
+}
+
+/// Parses `Entering Extended Passive Mode (|||port|)`.
+pub fn parse_epsv(text: &str) -> Option<u16> {
+    let start = text.find("(|||")? + 4;
+    let end = text[start..].find('|')? + start;
+    text[start..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_parsers() {
+        assert_eq!(
+            parse_pasv("Entering Passive Mode (127,0,0,1,4,1)"),
+            Some((IpAddr::from([127, 0, 0, 1]), 1025))
+        );
+        assert_eq!(parse_pasv("Entering Passive Mode (1,2,3)"), None);
+        assert_eq!(
+            parse_epsv("Entering Extended Passive Mode (|||5000|)"),
+            Some(5000)
+        );
+        let f = FileInfo::parse_stat_line(" -rw- 42 1700000000000 a file.txt").expect("line");
+        assert_eq!(f.name, "a file.txt");
+        assert_eq!(f.size, 42);
+        assert!(!f.is_dir);
+        assert!(FileInfo::parse_stat_line("garbage").is_none());
+    }
+}
