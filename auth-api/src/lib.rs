@@ -83,6 +83,68 @@ pub enum AuthError {
 }
 
 /// Decides whether command-port peers may send requests.
+///
+/// The daemon builds one authorizer at startup (by the name in the
+/// configuration, see [`lookup`]) and calls [`authorize`] for every
+/// accepted command-port connection, concurrently.
+///
+/// [`authorize`]: CommandAuthorizer::authorize
+///
+/// # Example
+///
+/// An authorizer that admits peers from one IPv4 network and says why it
+/// refuses the others, tried on a real loopback connection:
+///
+/// ```
+/// use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+/// use auth_api::{AuthError, Authorized, CommandAuthorizer};
+///
+/// #[derive(Debug)]
+/// struct Network { net: Ipv4Addr, prefix: u32 }
+///
+/// impl Network {
+///     fn contains(&self, ip: IpAddr) -> bool {
+///         let IpAddr::V4(ip) = ip.to_canonical() else { return false };
+///         let mask = u32::MAX.checked_shl(32 - self.prefix).unwrap_or(0);
+///         u32::from(ip) & mask == u32::from(self.net) & mask
+///     }
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl CommandAuthorizer for Network {
+///     fn name(&self) -> &str { "network" }
+///     fn secure(&self) -> bool { false } // addresses can be spoofed on the path
+///     fn describe(&self) -> Vec<String> {
+///         vec![format!("peers from {}/{} may send requests", self.net, self.prefix)]
+///     }
+///     async fn authorize(&self, stream: tokio::net::TcpStream, peer: SocketAddr)
+///         -> Result<Authorized, AuthError> {
+///         if !self.contains(peer.ip()) {
+///             return Err(AuthError::Refused(format!("{} is outside {}/{}",
+///                                                   peer.ip(), self.net, self.prefix)));
+///         }
+///         Ok(Authorized { stream: Box::new(stream), peer_name: peer.to_string() })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+/// let (stream, peer) = listener.accept().await?;
+///
+/// let loopback = Network { net: Ipv4Addr::new(127, 0, 0, 0), prefix: 8 };
+/// let ok = loopback.authorize(stream, peer).await.expect("loopback is inside 127/8");
+/// assert_eq!(ok.peer_name, peer.to_string());
+///
+/// let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+/// let (stream, peer) = listener.accept().await?;
+/// let lan = Network { net: Ipv4Addr::new(10, 0, 0, 0), prefix: 8 };
+/// let err = lan.authorize(stream, peer).await.expect_err("127.0.0.1 is not in 10/8");
+/// assert_eq!(err.to_string(), "peer refused: 127.0.0.1 is outside 10.0.0.0/8");
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait::async_trait]
 pub trait CommandAuthorizer: Send + Sync + fmt::Debug {
     /// Configuration name of this authorizer.
@@ -103,6 +165,20 @@ pub trait CommandAuthorizer: Send + Sync + fmt::Debug {
 
 /// Read access to the daemon configuration: environment first, then the
 /// config file, so plugins can have settings of their own.
+///
+/// ```
+/// use auth_api::Settings;
+/// let conf = |name: &str| match name {
+///     "MY_PLUGIN_STRICT" => Some("yes".to_string()),
+///     "MY_PLUGIN_LEVEL" => Some("often".to_string()),
+///     _ => None,
+/// };
+/// let s = Settings::new(&conf);
+/// assert_eq!(s.get_bool("MY_PLUGIN_STRICT", false), Ok(true));
+/// assert_eq!(s.get_bool("MY_PLUGIN_QUIET", true), Ok(true)); // unset: default
+/// assert!(s.get_bool("MY_PLUGIN_LEVEL", false).unwrap_err().contains("MY_PLUGIN_LEVEL"));
+/// assert_eq!(s.get("UNSET"), None);
+/// ```
 pub struct Settings<'a> {
     lookup: &'a (dyn Fn(&str) -> Option<String> + Sync),
 }

@@ -19,11 +19,18 @@
 //! zero-copy transfers ([`ReadHandle::raw_fd`], [`WriteHandle::raw_fd`]) and
 //! layout hints when a file is created ([`LayoutHints`]).
 //!
+//! Backends are plugins: statically linked crates register a
+//! [`StorageDescriptor`] with `inventory::submit!`; dynamic ones are
+//! `cdylib`s that export their descriptor through the C-shaped boundary of
+//! the [`ffi`] module. [`StorageBackend`] has a complete example.
+//!
 //! ```
 //! use storage_api::{ErrorKind, StorageError};
 //! let e = StorageError::new(ErrorKind::NotFound, "no such file: data.bin");
 //! assert_eq!(e.ftp_code(), 550);
 //! ```
+
+pub mod ffi;
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -189,7 +196,8 @@ pub trait WriteHandle: Write + Send {
 
 /// Per-session view of the storage, rooted at the session's base directory.
 ///
-/// All paths are relative to the base (see the crate documentation).
+/// All paths are relative to the base (see the crate documentation). See
+/// [`StorageBackend`] for a complete example of both traits.
 pub trait Storage: Send {
     /// Status of a path, following symlinks.
     fn stat(&self, path: &Path) -> Result<FileStat, StorageError>;
@@ -219,6 +227,86 @@ pub trait Storage: Send {
 }
 
 /// A storage backend: a factory of per-session [`Storage`]s.
+///
+/// A backend is built once per process from the configuration (see
+/// [`StorageConstructor`]) and registered statically with a
+/// [`StorageDescriptor`], or exported from a `cdylib` with
+/// [`export_storage_plugin!`] (see [`ffi`]).
+///
+/// # Example
+///
+/// A backend that serves one read-only file, `motd`, from memory:
+///
+/// ```
+/// use std::io::{Cursor, Read};
+/// use std::path::Path;
+/// use std::time::SystemTime;
+/// use storage_api::*;
+///
+/// struct Motd(&'static str);
+///
+/// impl StorageBackend for Motd {
+///     fn name(&self) -> &str { "motd" }
+///     fn open_session(&self, _spec: &StorageSpec<'_>) -> Result<Box<dyn Storage>, StorageError> {
+///         Ok(Box::new(MotdSession(self.0)))
+///     }
+/// }
+///
+/// struct MotdSession(&'static str);
+/// struct Reader(Cursor<&'static [u8]>);
+/// impl Read for Reader {
+///     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> { self.0.read(buf) }
+/// }
+/// impl ReadHandle for Reader {}
+///
+/// fn read_only(path: &Path) -> StorageError {
+///     StorageError::new(ErrorKind::PermissionDenied, format!("{}: read-only", path.display()))
+/// }
+///
+/// impl Storage for MotdSession {
+///     fn stat(&self, path: &Path) -> Result<FileStat, StorageError> {
+///         let (file_type, size, mode) = match path.to_str() {
+///             Some("") => (FileType::Dir, 0, 0o40555),
+///             Some("motd") => (FileType::File, self.0.len() as u64, 0o100444),
+///             _ => return Err(StorageError::new(ErrorKind::NotFound, "no such file")),
+///         };
+///         Ok(FileStat { file_type, size, mtime: SystemTime::UNIX_EPOCH, mode, uid: 0, gid: 0 })
+///     }
+///     fn list(&self, dir: &Path) -> Result<Vec<DirEntry>, StorageError> {
+///         self.stat(dir)?;
+///         Ok(vec![DirEntry { name: "motd".into(), stat: self.stat(Path::new("motd"))? }])
+///     }
+///     fn open_read(&self, path: &Path, offset: u64) -> Result<Box<dyn ReadHandle>, StorageError> {
+///         if self.stat(path)?.is_dir() {
+///             return Err(StorageError::new(ErrorKind::IsADirectory, "is a directory"));
+///         }
+///         let mut c = Cursor::new(self.0.as_bytes());
+///         c.set_position(offset);
+///         Ok(Box::new(Reader(c)))
+///     }
+///     fn open_write(&self, p: &Path, _: WriteMode, _: &LayoutHints)
+///         -> Result<Box<dyn WriteHandle>, StorageError> { Err(read_only(p)) }
+///     fn mkdir(&self, p: &Path) -> Result<(), StorageError> { Err(read_only(p)) }
+///     fn rmdir(&self, p: &Path) -> Result<(), StorageError> { Err(read_only(p)) }
+///     fn unlink(&self, p: &Path) -> Result<(), StorageError> { Err(read_only(p)) }
+///     fn rename(&self, p: &Path, _: &Path) -> Result<(), StorageError> { Err(read_only(p)) }
+///     fn set_mtime(&self, p: &Path, _: SystemTime) -> Result<(), StorageError> { Err(read_only(p)) }
+///     fn set_mode(&self, p: &Path, _: u32) -> Result<(), StorageError> { Err(read_only(p)) }
+/// }
+///
+/// // How the daemon uses it in a session:
+/// let identity = Identity { user: "alice".into(), uid: 1000, gid: 100, groups: vec![],
+///                           home: "/home/alice".into() };
+/// let storage = Motd("hello\n").open_session(&StorageSpec {
+///     base: Path::new("/"), confined: true, identity: &identity,
+/// })?;
+/// let mut text = String::new();
+/// storage.open_read(Path::new("motd"), 1)?.read_to_string(&mut text).map_err(|e| StorageError::io("motd", e))?;
+/// assert_eq!(text, "ello\n");
+/// let err = storage.mkdir(Path::new("new")).unwrap_err();
+/// assert_eq!(err.ftp_code(), 550);
+/// # Ok::<(), StorageError>(())
+/// ```
 pub trait StorageBackend: Send + Sync {
     /// Short name used in the configuration (`posix`, `lustre`, ...).
     fn name(&self) -> &str;
@@ -303,6 +391,16 @@ impl StorageError {
             kind,
             message: message.into(),
             source: None,
+        }
+    }
+
+    /// An error with an explicit kind and message that keeps `source` as
+    /// its cause (for example an OS error reported by a plugin).
+    pub fn with_source(kind: ErrorKind, message: impl Into<String>, source: io::Error) -> Self {
+        StorageError {
+            kind,
+            message: message.into(),
+            source: Some(source),
         }
     }
 
