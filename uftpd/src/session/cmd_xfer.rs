@@ -215,14 +215,9 @@ impl Session {
         };
         let result = match channel.as_mut() {
             Some(w) => transfer::send_to_channel(file.as_mut(), len, w, params),
-            None => match self.data.connections() {
-                Ok(conns) => match conns.first_mut() {
-                    Some(sock) => transfer::send_file(file.as_mut(), len, sock, params),
-                    None => Err(TransferError::Network(
-                        std::io::ErrorKind::NotConnected.into(),
-                    )),
-                },
-                Err(e) => Err(TransferError::Network(std::io::Error::other(e.to_string()))),
+            None => match self.data.first() {
+                Ok(sock) => transfer::send_file(file.as_mut(), len, sock, params),
+                Err(e) => Err(TransferError::Network(e)),
             },
         };
         drop(file);
@@ -296,14 +291,9 @@ impl Session {
         let result = match channel.as_mut() {
             // Codec and multi-stream data always runs to its verified end.
             Some(reader) => transfer::receive_from_channel(reader, file.as_mut(), limit, params),
-            None => match self.data.connections() {
-                Ok(conns) => match conns.first_mut() {
-                    Some(sock) => transfer::receive_file(sock, file.as_mut(), limit, params),
-                    None => Err(TransferError::Network(
-                        std::io::ErrorKind::NotConnected.into(),
-                    )),
-                },
-                Err(e) => Err(TransferError::Network(std::io::Error::other(e.to_string()))),
+            None => match self.data.first() {
+                Ok(sock) => transfer::receive_file(sock, file.as_mut(), limit, params),
+                Err(e) => Err(TransferError::Network(e)),
             },
         };
         drop(channel);
@@ -371,14 +361,9 @@ impl Session {
         let mut limiter = self.rate_limiter();
         let result = match channel.as_mut() {
             Some(w) => w.write_all(text.as_bytes()).map_err(TransferError::Network),
-            None => match self.data.connections() {
-                Ok(conns) => match conns.first_mut() {
-                    Some(sock) => transfer::send_bytes(sock, text.as_bytes(), limiter.as_mut()),
-                    None => Err(TransferError::Network(
-                        std::io::ErrorKind::NotConnected.into(),
-                    )),
-                },
-                Err(e) => Err(TransferError::Network(std::io::Error::other(e.to_string()))),
+            None => match self.data.first() {
+                Ok(sock) => transfer::send_bytes(sock, text.as_bytes(), limiter.as_mut()),
+                Err(e) => Err(TransferError::Network(e)),
             },
         };
         let result = match (result, channel) {

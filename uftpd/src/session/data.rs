@@ -91,6 +91,14 @@ impl DataChannel {
         self.pending.len() + self.conns.len()
     }
 
+    /// The single open connection of a one-stream channel (after
+    /// [`DataChannel::connections`] succeeded).
+    pub fn first(&mut self) -> io::Result<&mut TcpStream> {
+        self.conns
+            .first_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no data connection"))
+    }
+
     /// Hands the open connections over (to a codec or multi-stream channel,
     /// which ends by closing them) and falls back to one stream.
     pub fn take(&mut self) -> Vec<TcpStream> {

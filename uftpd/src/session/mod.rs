@@ -365,6 +365,7 @@ impl Session {
         // touched before the identity switch below.
         let file_vars = settings.file_vars.clone();
         let lookup = move |n: &str| file_vars.get(n).cloned();
+        crate::plugins::load_dynamic(&settings.plugins).map_err(|e| e.to_string())?;
         let backend = crate::plugins::storage_backend(&settings.storage_backend, &lookup)
             .map_err(|e| e.to_string())?;
         if settings.switch_user {
@@ -391,6 +392,10 @@ impl Session {
         let includes = PatternSet::new(&request.includes, &cwd);
         let excludes = PatternSet::new(&request.excludes, &cwd);
         let nowrite = PatternSet::new(&settings.nowrite, &home);
+        // A client that stops reading its replies cannot pin the session
+        // forever (reads have no timeout: idle sessions are legitimate, and
+        // TCP keepalive notices dead peers).
+        let _ = ctl.stream().set_write_timeout(Some(data::DATA_IO_TIMEOUT));
         let local = ctl
             .stream()
             .local_addr()

@@ -261,9 +261,7 @@ pub fn send_to_channel(
     p: Params<'_>,
 ) -> Result<u64, TransferError> {
     let Params {
-        buffer_size,
-        rate,
-        ..
+        buffer_size, rate, ..
     } = p;
     let mut src = FileReader {
         inner: file,
