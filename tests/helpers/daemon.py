@@ -155,6 +155,7 @@ class Daemon:
         self.log_file = self.workdir / "uftpd.log"
         self.proc = None
         self._log = None
+        self.start_failed = False
 
     # ---- properties used by tests
     @property
@@ -233,6 +234,7 @@ class Daemon:
         last_error = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.start_failed = True
                 raise DaemonError(f"{self.name} exited with code {self.proc.returncode} "
                                   f"during startup\n{self.log_tail()}")
             try:
@@ -252,6 +254,7 @@ class Daemon:
                 last_error = e
             time.sleep(0.1)
         self.kill()
+        self.start_failed = True  # reported here; stop() must not report it again
         raise DaemonError(f"{self.name} not ready after {timeout}s (ftp={ftp_ok}, cmd={cmd_ok}, "
                           f"last error {last_error!r})\n{self.log_tail()}")
 
@@ -293,7 +296,7 @@ class Daemon:
         if self._log:
             self._log.close()
             self._log = None
-        if died:
+        if died and not self.start_failed:
             raise DaemonError(f"{self.name} had died before the end of its test(s) "
                               f"(exit code {self.proc.returncode})\n{self.log_tail()}")
 
