@@ -2,6 +2,7 @@
 FEAT, NOOP n, navigation, directory and file management, listings, MFMT/MFF,
 TYPE, OPTS, HASH, RANG/REST/ALLO replies."""
 
+import calendar
 import ftplib
 import hashlib
 import os
@@ -486,3 +487,28 @@ def test_feat_lists_cipher_of_encrypted_session(site, reference, key_bytes, algo
     feats = feat_lines(site.control(secret))
     assert expected in feats, feats
     assert len([f for f in feats if f.startswith("CRYPTED-")]) == 1, feats
+
+
+# ---------------------------------------------------------------- local time
+IST = 5 * 3600 + 1800  # Asia/Kolkata: UTC+5:30, no DST
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/zoneinfo/Asia/Kolkata"), reason="no tzdata")
+def test_listing_times_are_local_time(daemon_factory, site_factory):
+    """MLST/MLSD modify and LIST dates are in the daemon's local time (TZ)."""
+    site = site_factory(daemon=daemon_factory(env={"TZ": "Asia/Kolkata"}))
+    site.put("t.txt", size=5)
+    mtime = 1_700_000_000  # 2023-11-14 22:13:20 UTC = 2023-11-15 03:43:20 IST
+    os.utime(site.path("t.txt"), (mtime, mtime))
+    c = site.control()
+    r = c.cmd("MLST t.txt")
+    assert ";modify=20231115034320;" in r.lines[1], r
+    _, data, _ = c.listing("LIST")
+    assert " Nov 15 2023 t.txt" in data.decode() or " Nov 15  2023 t.txt" in data.decode(), data
+    # MFMT takes local time too (the reference uses mktime)
+    assert c.cmd("MFMT 20200102030405 t.txt").code == 213
+    utc = calendar.timegm(time.strptime("20200102030405", "%Y%m%d%H%M%S"))
+    assert os.stat(site.path("t.txt")).st_mtime == utc - IST, \
+        f"MFMT set {os.stat(site.path('t.txt')).st_mtime}, expected {utc - IST} (local IST)"
+    r = c.cmd("MLST t.txt")
+    assert ";modify=20200102030405;" in r.lines[1], r
