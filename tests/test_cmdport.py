@@ -236,3 +236,26 @@ def test_get_user_info_root_not_allowed(uftpd):
 def test_get_user_info_unknown_user(uftpd):
     raw = cmdport.get_user_info(LOOPBACK, uftpd.cmd_port, "no-such-user-uftpdtest")
     assert cmdport.decode_reply(raw) == "500 No such user or no home directory found", raw
+
+
+def test_get_user_info_reads_as_the_user(uftpd, users, workdir):
+    """Key files are read with the user's rights: a link to a root-only file reveals nothing."""
+    needs_root("a root-only file and a test user's home")
+    user = users["uftptest2"]
+    secret_file = workdir / "root-only-keys"
+    secret_file.write_text("ssh-ed25519 AAAAROOTONLYKEYMATERIAL root@secret\n")
+    os.chmod(secret_file, 0o600)
+    keydir = os.path.join(user.home, ".uftp")
+    os.makedirs(keydir, exist_ok=True)
+    os.chown(keydir, user.uid, user.gid)
+    link = os.path.join(keydir, "authorized_keys")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(secret_file, link)
+    try:
+        raw = cmdport.get_user_info(LOOPBACK, uftpd.cmd_port, user.name)
+    finally:
+        os.unlink(link)
+    assert b"ROOTONLY" not in raw, f"root-only file leaked through get-user-info: {raw!r}"
+    lines = cmdport.reply_lines(raw)
+    assert lines[1] == f"User: {user.name}" and lines[-1].startswith("Status:"), raw

@@ -184,6 +184,8 @@ def test_group_user_is_not_in_is_refused(site_factory, users):
     site = site_factory(user=users["uftptest2"])
     assert refused(site, group="uftptestg"), "uftptest2 got group uftptestg it is not in"
     assert refused(site, group="uftptest2:uftptestg"), "supplementary group uftptestg granted"
+    assert refused(site, group="root"), "uftptest2 got gid 0"
+    assert refused(site, group="uftptest2:root"), "uftptest2 got supplementary gid 0"
     assert not list(site.base.iterdir())
 
 
