@@ -373,3 +373,66 @@ def test_keep_alive_listing_and_unknown_length_stor_close_the_channel(site):
         r150 = c.cmd("RETR up.bin")
         assert recv_exact(s, bytes_available(r150)) == up
         assert c.read_reply().code == 226
+
+
+def test_multistream_ranged_retr(site):
+    data = site.put("m.bin", size=200_000)
+    c = site.control()
+    socks = open_streams(c, 2)
+    try:
+        assert c.cmd("RANG 1000 151000").code == 350
+        r150 = c.cmd("RETR m.bin")
+        assert bytes_available(r150) == 150_000
+        got = read_frames(socks)
+    finally:
+        for s in socks:
+            s.close()
+    assert got == data[1000:151000]
+    assert c.read_reply().code == 226
+
+
+def test_parallel_ranged_parts_one_persistent_secret(site):
+    """How a client splits a file over sessions: RANG + ALLO + STOR per part, then
+    RANG + RETR per part; writes must not truncate each other."""
+    import threading
+    from helpers.ftp import Control
+    data = os.urandom(4 * 1_000_000 + 3)
+    parts = [(0, 1_000_000), (1_000_000, 2_000_000), (2_000_000, 3_000_000),
+             (3_000_000, len(data))]
+    secret = site.announce_ok(persistent="true")
+    errors = []
+    got = {}
+
+    def upload(a, b):
+        try:
+            c = Control("127.0.0.1", site.port)
+            assert c.login(secret).code == 230
+            _, s = c.pasv()
+            with s:
+                assert c.cmd(f"RANG {a} {b}").code == 350
+                assert c.cmd(f"ALLO {b - a}").code == 200
+                assert c.cmd("STOR parts.bin").code == 150
+                s.sendall(data[a:b])
+                assert c.read_reply().code == 226
+            c.close()
+        except BaseException as e:
+            errors.append(f"upload {a}-{b}: {e!r}")
+
+    def download(a, b):
+        try:
+            c = Control("127.0.0.1", site.port)
+            assert c.login(secret).code == 230
+            got[a] = c.retr("parts.bin", pre=[f"RANG {a} {b}"])[1]
+            c.close()
+        except BaseException as e:
+            errors.append(f"download {a}-{b}: {e!r}")
+
+    for work in (upload, download):
+        threads = [threading.Thread(target=work, args=p) for p in parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+    assert site.path("parts.bin").read_bytes() == data
+    assert b"".join(got[a] for a, _ in parts) == data
