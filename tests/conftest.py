@@ -150,16 +150,17 @@ def uftpd(_shared):
 
 @pytest.fixture
 def daemon_factory(workdir):
-    """start(name=None, env=None, check_ready=True, config_text=None, **config) -> a started Daemon.
+    """start(name=None, env=None, check_ready=True, config_text=None, run_as=None, **config)
+    -> a started Daemon (run_as: a users.User to run it unprivileged, as root only).
 
     config_text replaces the generated config file (config still tells the
     test harness which ports to wait for)."""
     started = []
 
-    def start(name=None, env=None, check_ready=True, config_text=None, **config):
+    def start(name=None, env=None, check_ready=True, config_text=None, run_as=None, **config):
         idx = len(started)
         d = Daemon(workdir / f"daemon{idx}", name=name or f"uftpd variant {idx}",
-                   config=config, env=env, check_ready=check_ready)
+                   config=config, env=env, check_ready=check_ready, run_as=run_as)
         d.config_text = config_text
         started.append(d)
         use_daemon(d)

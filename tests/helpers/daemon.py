@@ -128,7 +128,8 @@ class DaemonError(AssertionError):
 class Daemon:
     """One uftpd process with its own config file, ports and log file."""
 
-    def __init__(self, workdir, name="uftpd", config=None, env=None, check_ready=True):
+    def __init__(self, workdir, name="uftpd", config=None, env=None, check_ready=True,
+                 run_as=None):
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -151,6 +152,7 @@ class Daemon:
                 self.config[k] = str(v)
         self.extra_env = dict(env or {})
         self.check_ready = check_ready
+        self.run_as = run_as  # a helpers.users.User: start unprivileged (needs root)
         self.config_file = self.workdir / "uftpd.conf"
         self.log_file = self.workdir / "uftpd.log"
         self.proc = None
@@ -215,9 +217,14 @@ class Daemon:
         self.write_config()
         argv, cwd = self.command()
         self._log = open(self.log_file, "ab")
+        ids = {}
+        env = self.environment()
+        if self.run_as is not None:
+            ids = dict(user=self.run_as.uid, group=self.run_as.gid, extra_groups=[])
+            env.update(HOME=self.run_as.home, USER=self.run_as.name, LOGNAME=self.run_as.name)
         self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=self.environment(), stdin=subprocess.DEVNULL,
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, **ids)
         if self.check_ready:
             self.wait_ready(timeout)
         return self
