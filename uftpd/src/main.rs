@@ -4,6 +4,7 @@
 //! (`book/`) for the administrator's guide.
 
 mod announce;
+mod checkconfig;
 mod cmdport;
 mod config;
 mod ftp;
@@ -44,6 +45,10 @@ enum Command {
     /// Announce a transfer on a plain-text command port and print the secret
     /// and a curl URL (for tests and first steps).
     Announce(Box<announce::AnnounceArgs>),
+    /// Check the configuration without starting the daemon: ports, TLS,
+    /// certificates, ACL entries, plugins and insecure choices. Exits
+    /// non-zero when the daemon would not start.
+    CheckConfig,
     /// Internal: serve one FTP session (started by the daemon).
     #[command(name = "__session", hide = true)]
     Session,
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Session) => return session::run_process(),
         Some(Command::UserInfo) => return userinfo::run_process(),
+        Some(Command::CheckConfig) => return checkconfig::run(cli.config.as_ref()),
         _ => {}
     }
     let cfg = match load_config(cli.config.as_ref()) {

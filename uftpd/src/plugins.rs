@@ -10,6 +10,7 @@ use auth_api::{CommandAuthorizer, Settings};
 use storage_api::StorageBackend;
 
 // The default plugin set, linked statically.
+use uftpd_acl as _;
 use uftpd_plain_auth as _;
 use uftpd_posix as _;
 
