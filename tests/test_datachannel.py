@@ -8,7 +8,7 @@ import time
 import pytest
 
 from helpers.daemon import LOOPBACK, free_port_range
-from helpers.ftp import EPSV_RE, PASV_RE, recv_all
+from helpers.ftp import PASV_RE, recv_all
 
 
 def pasv_port(reply):

@@ -3,7 +3,6 @@ FEAT, NOOP n, navigation, directory and file management, listings, MFMT/MFF,
 TYPE, OPTS, HASH, RANG/REST/ALLO replies."""
 
 import calendar
-import ftplib
 import hashlib
 import os
 import re
@@ -12,7 +11,6 @@ import time
 
 import pytest
 
-from helpers.daemon import LOOPBACK
 
 FEATURES = ["PASV", "EPSV", "RANG STREAM", "REST STREAM", "MFMT", "MLSD", "MLST", "APPE",
             "MFF Modify;UNIX.mode;", "KEEP-ALIVE", "ARCHIVE", "UTF-8"]

@@ -1,11 +1,9 @@
 """FTP greeting, login and session framing (PROTOCOL.md section 5, first part)."""
 
-import ftplib
 import re
 
 import pytest
 
-from helpers.daemon import LOOPBACK
 from helpers.users import needs_root
 
 

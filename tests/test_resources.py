@@ -64,7 +64,7 @@ def test_300_sequential_sessions_leak_nothing(busy_site):
 def test_abrupt_disconnects_mid_transfer(busy_site):
     site = busy_site
     daemon = site.daemon
-    data = site.put("big.bin", size=8 << 20)
+    site.put("big.bin", size=8 << 20)
     small = site.put("small.bin", size=100)
     one_session(site, small)
     assert settle(daemon) == {}

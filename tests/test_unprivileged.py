@@ -6,7 +6,6 @@ import pwd
 
 import pytest
 
-from helpers import users as u
 
 
 @pytest.fixture
