@@ -137,6 +137,9 @@ pub fn explain(e: &std::io::Error, cert: Option<&CertInfo>) -> String {
         rustls::Error::NoCertificatesPresented => {
             "the peer sent no client certificate (the command port requires one)".to_string()
         }
+        rustls::Error::InvalidCertificate(_) if cert.is_some_and(|c| c.version < 2) => format!(
+            "{who} is an X.509 version 1 certificate, which is not accepted: reissue it with extensions (`openssl x509 -req ... -extfile client.ext`, see the book)"
+        ),
         rustls::Error::InvalidCertificate(ce) => match ce {
             CertificateError::UnknownIssuer => {
                 format!("{who} is not issued by a CA in the truststore")

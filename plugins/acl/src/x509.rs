@@ -19,6 +19,8 @@ pub struct CertInfo {
     pub not_after_text: String,
     /// Whether the certificate is a CA (basicConstraints cA).
     pub is_ca: bool,
+    /// X.509 version as written in the certificate (0 = v1, 2 = v3).
+    pub version: u32,
 }
 
 impl CertInfo {
@@ -36,6 +38,7 @@ impl CertInfo {
             not_after: validity.not_after.timestamp(),
             not_after_text: validity.not_after.to_string(),
             is_ca: cert.is_ca(),
+            version: cert.version().0,
         })
     }
 

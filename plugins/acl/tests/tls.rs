@@ -723,3 +723,42 @@ fn registered_and_built_from_settings() {
     let e = (d.constructor)(&auth_api::Settings::new(&none)).err();
     assert!(e.is_some_and(|e| e.contains("SSL_CONF is not set")));
 }
+
+/// OpenSSL 1.0's default `openssl pkcs8 -topk8` encryption (PKCS#12 PBE
+/// with 3DES) is not supported: the message says how to re-encrypt.
+#[test]
+fn legacy_pkcs12_pbe_key_is_refused_with_advice() {
+    let site = Site::new("pkcs12pbe");
+    let server = leaf(&site.ca, &[(DnType::CommonName, "uftpd")], Kind::Server);
+    write(&site.dir.join("plain-key.pem"), &server.key_pem());
+    write(&site.dir.join("cert.pem"), &server.cert_pem());
+    let out = site.dir.join("key-v1.pem");
+    let status = std::process::Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-v1", "PBE-SHA1-3DES", "-in"])
+        .arg(site.dir.join("plain-key.pem"))
+        .args(["-passout", "pass:x", "-out"])
+        .arg(&out)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("openssl not available: skipped");
+        return;
+    }
+    write(
+        &site.ssl_conf,
+        &format!(
+            "credential.key={}\ncredential.certificate={}\ncredential.password=x\ntruststore={}\n",
+            out.display(),
+            site.dir.join("cert.pem").display(),
+            site.dir.join("ca.pem").display()
+        ),
+    );
+    let e = AclAuthorizer::build(&site.options())
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("openssl pkcs8 -topk8 -v2 aes-256-cbc")),
+        "{e:?}"
+    );
+}
