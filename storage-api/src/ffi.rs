@@ -257,7 +257,7 @@ pub enum HeaderError {
     Role(u32),
     /// The plugin API versions do not fit.
     #[error(
-        "plugin API version {found_major}.{found_minor}, but this uftpd supports {ABI_MAJOR}.0 to {ABI_MAJOR}.{ABI_MINOR}; rebuild the plugin against this uftpd's storage-api"
+        "plugin API version {found_major}.{found_minor} does not fit this uftpd's plugin API {ABI_MAJOR}.{ABI_MINOR} (the major versions must be equal, the plugin's minor version not newer); rebuild the plugin against this uftpd's storage-api"
     )]
     Abi {
         /// Major version of the plugin.

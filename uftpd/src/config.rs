@@ -37,6 +37,9 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "OPEN_USER_SESSIONS",
     "PAM_MODULE",
     "REQUEST_LIFETIME",
+    "STORAGE_BACKEND",
+    "CMD_AUTHORIZER",
+    "PLUGINS",
 ];
 
 /// A configuration error; the message names the variable or the file.
@@ -124,10 +127,14 @@ pub struct Config {
     pub ignored: Vec<String>,
     /// Everything the file set, for plugin settings.
     pub file_vars: BTreeMap<String, String>,
-    /// Storage backend plugin.
+    /// Storage backend plugin (STORAGE_BACKEND, default `posix`).
     pub storage_backend: String,
-    /// Command-port authorizer plugin.
+    /// Command-port authorizer plugin (CMD_AUTHORIZER, default `acl` when
+    /// SSL_CONF is set, else `plain`).
     pub authorizer: String,
+    /// Dynamic plugin libraries to load at startup (PLUGINS, absolute
+    /// paths separated by `:`).
+    pub plugins: Vec<PathBuf>,
 }
 
 /// Parses the text of a uftpd.conf file into name/value pairs.
@@ -229,6 +236,43 @@ fn split_list(v: &str) -> Vec<String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(String::from)
+        .collect()
+}
+
+/// A plugin name setting: unset or blank means the default.
+fn plugin_name(name: &'static str, v: Option<&str>) -> Result<Option<String>, ConfigError> {
+    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ConfigError::Invalid {
+            name,
+            value: v.to_string(),
+            reason: "expected a plugin name (see uftpd --list-plugins)".into(),
+        });
+    }
+    Ok(Some(v.to_string()))
+}
+
+/// PLUGINS: absolute paths of plugin libraries, separated by `:`.
+fn plugin_paths(v: &str) -> Result<Vec<PathBuf>, ConfigError> {
+    split_list(v)
+        .into_iter()
+        .map(|p| {
+            let path = PathBuf::from(&p);
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(ConfigError::Invalid {
+                    name: "PLUGINS",
+                    value: v.to_string(),
+                    reason: format!("plugin library '{p}' must be an absolute path"),
+                })
+            }
+        })
         .collect()
 }
 
@@ -362,11 +406,16 @@ impl Config {
             source: path.map(Path::to_path_buf),
             ignored,
             file_vars,
-            storage_backend: "posix".to_string(),
-            authorizer: if get("SSL_CONF").is_some_and(|s| !s.trim().is_empty()) {
-                "acl".to_string()
-            } else {
-                "plain".to_string()
+            storage_backend: plugin_name("STORAGE_BACKEND", get("STORAGE_BACKEND"))?
+                .unwrap_or_else(|| "posix".to_string()),
+            authorizer: match plugin_name("CMD_AUTHORIZER", get("CMD_AUTHORIZER"))? {
+                Some(name) => name,
+                None if get("SSL_CONF").is_some_and(|s| !s.trim().is_empty()) => "acl".to_string(),
+                None => "plain".to_string(),
+            },
+            plugins: match get("PLUGINS") {
+                Some(v) => plugin_paths(v)?,
+                None => Vec::new(),
             },
         })
     }
@@ -400,10 +449,12 @@ mod tests {
     use super::*;
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        // Tests run in parallel: every call gets a directory of its own.
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "uftpd-conf-test-{}-{}",
             std::process::id(),
-            text.len()
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("tmp");
         let f = dir.join("uftpd.conf");
@@ -477,6 +528,59 @@ mod tests {
         }
         for v in ["0", "no", "FALSE"] {
             assert!(!parse_bool("X", v).expect(v));
+        }
+    }
+
+    #[test]
+    fn plugin_defaults_need_no_config() {
+        let c = Config::load_with(None, |_| None).expect("defaults");
+        assert_eq!(c.storage_backend, "posix");
+        assert_eq!(c.authorizer, "plain");
+        assert!(c.plugins.is_empty());
+        let c = load("export SSL_CONF=/etc/uftpd/ssl.conf", &[]).expect("load");
+        assert_eq!(c.authorizer, "acl");
+    }
+
+    #[test]
+    fn plugin_variables() {
+        let c = load(
+            "export STORAGE_BACKEND=audit-posix\nexport CMD_AUTHORIZER=' acl '\nexport PLUGINS=/usr/lib/uftpd/plugins/liba.so::/opt/b.so\n",
+            &[("STORAGE_BACKEND", "lustre")],
+        )
+        .expect("load");
+        assert_eq!(c.storage_backend, "lustre", "env overrides file");
+        assert_eq!(c.authorizer, "acl");
+        assert_eq!(
+            c.plugins,
+            vec![
+                PathBuf::from("/usr/lib/uftpd/plugins/liba.so"),
+                PathBuf::from("/opt/b.so")
+            ]
+        );
+        assert!(c.ignored.is_empty(), "{:?}", c.ignored);
+        let c = load("export STORAGE_BACKEND=\nexport PLUGINS=", &[]).expect("blank");
+        assert_eq!(c.storage_backend, "posix");
+        assert!(c.plugins.is_empty());
+    }
+
+    #[test]
+    fn invalid_plugin_variables_name_the_variable() {
+        for (text, msg) in [
+            (
+                "export PLUGINS=/usr/lib/a.so:lib/b.so",
+                "invalid value for PLUGINS: '/usr/lib/a.so:lib/b.so' (plugin library 'lib/b.so' must be an absolute path)",
+            ),
+            (
+                "export STORAGE_BACKEND='posix; rm'",
+                "invalid value for STORAGE_BACKEND: 'posix; rm' (expected a plugin name (see uftpd --list-plugins))",
+            ),
+            (
+                "export CMD_AUTHORIZER=a/b",
+                "invalid value for CMD_AUTHORIZER",
+            ),
+        ] {
+            let e = load(text, &[]).expect_err(text);
+            assert!(e.to_string().starts_with(msg), "{text}: {e}");
         }
     }
 

@@ -49,6 +49,10 @@ pub struct SessionSettings {
     pub switch_user: bool,
     /// Storage backend plugin name.
     pub storage_backend: String,
+    /// Dynamic plugin libraries (PLUGINS), loaded by the session process
+    /// before it takes on the user's identity.
+    #[serde(default)]
+    pub plugins: Vec<std::path::PathBuf>,
     /// Config variables from the file, for plugin settings.
     pub file_vars: std::collections::BTreeMap<String, String>,
 }
@@ -68,6 +72,7 @@ impl SessionSettings {
             pam_module: c.pam_module.clone(),
             switch_user,
             storage_backend: c.storage_backend.clone(),
+            plugins: c.plugins.clone(),
             file_vars: c.effective_file_vars(),
         }
     }

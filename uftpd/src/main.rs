@@ -26,16 +26,33 @@ use clap::{Parser, Subcommand};
 /// Version reported in the FTP greeting, the ping reply and user info.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// `uftpd --version`: the version, plus what a dynamic storage plugin must
+/// be built with to be loaded (see the storage-api `ffi` module).
+static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use storage_api::ffi;
+    format!(
+        "{VERSION}\nplugin API {}.{}, storage-api {}, built with {}",
+        ffi::ABI_MAJOR,
+        ffi::ABI_MINOR,
+        ffi::API_CRATE_VERSION,
+        ffi::RUSTC_VERSION
+    )
+});
+
 /// Default location of the configuration file.
 const DEFAULT_CONFIG: &str = "/etc/uftpd/uftpd.conf";
 
 #[derive(Debug, Parser)]
-#[command(name = "uftpd", version, about = "UFTP file server")]
+#[command(name = "uftpd", version, long_version = LONG_VERSION.as_str(), about = "UFTP file server")]
 struct Cli {
     /// Configuration file (uftpd.conf format); default /etc/uftpd/uftpd.conf
     /// if it exists. Environment variables override its settings.
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Print the available plugins (role, name, version, and `static` or
+    /// the library loaded from PLUGINS) and exit.
+    #[arg(long)]
+    list_plugins: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -82,6 +99,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.list_plugins {
+        return match plugins::print_list(&cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("uftpd: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let result = match &cli.command {
         Some(Command::Announce(args)) => announce::run(args, &cfg),
         _ => {

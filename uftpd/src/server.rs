@@ -218,14 +218,25 @@ pub fn run(config: Config) -> Result<(), String> {
             "ACL file {} (used once TLS is enabled with SSL_CONF)",
             config.acl.display()
         );
+        // Plugins: dynamic libraries and the storage backend are checked
+        // now, so that a bad plugin stops startup rather than every session.
+        let storage_settings = crate::plugins::check_storage(&config).map_err(|e| e.to_string())?;
         let lookup = |n: &str| config.setting(n);
         let authorizer = crate::plugins::authorizer(&config.authorizer, &lookup)
             .map_err(|e| match (&config.ssl_conf, e) {
-                (Some(_), crate::plugins::PluginError::Unknown { .. }) => {
+                (Some(_), crate::plugins::PluginError::Unknown { .. })
+                    if config.authorizer.eq_ignore_ascii_case("acl") =>
+                {
                     "SSL_CONF is set, but this build has no TLS authorizer ('acl' plugin); refusing to run the command port in plain text when TLS was asked for".to_string()
                 }
                 (_, e) => e.to_string(),
             })?;
+        if config.ssl_conf.is_some() && !authorizer.secure() {
+            return Err(format!(
+                "SSL_CONF is set, but CMD_AUTHORIZER={} does not use TLS; refusing to run the command port in plain text when TLS was asked for",
+                config.authorizer
+            ));
+        }
         for line in authorizer.describe() {
             tracing::info!("Command port: {line}");
         }
@@ -238,7 +249,10 @@ pub fn run(config: Config) -> Result<(), String> {
             tracing::warn!("*****   read and write files as any user. Do not use this in production.");
             tracing::warn!("*****");
         }
-        let settings = SessionSettings::from_config(&config, privileged);
+        let mut settings = SessionSettings::from_config(&config, privileged);
+        // What the storage plugin read, also from the environment, which
+        // session processes do not inherit.
+        settings.file_vars.extend(storage_settings);
         let daemon = Arc::new(Daemon {
             store: JobStore::new(
                 config.request_lifetime,

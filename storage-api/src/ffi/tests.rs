@@ -488,7 +488,7 @@ fn header_checks_refuse_mismatches_in_order() {
                 fingerprint: 1,
                 ..good()
             },
-            "plugin API version 2.0, but this uftpd supports 1.0 to 1.0",
+            "plugin API version 2.0 does not fit this uftpd's plugin API 1.0",
         ),
         (
             PluginHeader {
