@@ -6,7 +6,7 @@
 //! directory created or removed, file removed or renamed:
 //!
 //! ```text
-//! ts=1767225600 user="alice" uid=1000 event=write size=1048576 path="/data/alice/run1/out.h5"
+//! ts=1767225600 user="alice" uid=1000 event=write size=1048576 mode=truncate path="/data/alice/run1/out.h5"
 //! ```
 //!
 //! Build it with `cargo build --release -p uftpd-example-dynamic` and
@@ -40,7 +40,7 @@ use uftpd_posix::PosixStorage;
 storage_api::export_storage_plugin!(StorageDescriptor {
     name: "audit-posix",
     version: env!("CARGO_PKG_VERSION"),
-    description: "POSIX files, plus an audit log (AUDIT_LOG) of every file written and every change",
+    description: "POSIX files, plus an audit log (AUDIT_LOG) of files written, made, removed and renamed",
     constructor: construct,
 });
 // ANCHOR_END: export
@@ -309,6 +309,7 @@ mod tests {
         }
     }
 
+    // ANCHOR: test
     /// Everything through the C boundary, as uftpd uses the library.
     #[test]
     fn records_writes_and_changes_through_the_c_boundary() {
@@ -367,6 +368,7 @@ mod tests {
         assert!(lines[2].ends_with(&format!("to={:?}", base.join("sub/data.bin"))));
         let _ = fs::remove_dir_all(&d);
     }
+    // ANCHOR_END: test
 
     #[test]
     fn settings_are_checked() {
