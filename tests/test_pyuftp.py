@@ -24,6 +24,15 @@ pyuftp shows up as XPASS and fails the run) and covered with our own client:
    "I/O error reader 0 (unexpected stream position: 4112)", exit 1 (the file
    itself is complete). Blowfish (8-byte blocks) and `-C` (zlib ignores bytes
    after the gzip member) hide it.
+3. `cp -r DIR/ URL` does not create remote directories: files in
+   subdirectories fail with 550 (upload into existing directories works).
+4. `cp -r URL:dir/* LOCAL` asks its worker session for the basename of
+   nested files (`RETR f` for x/f: 550), and `cp -r URL:dir/` without a
+   wildcard copies nothing and exits 0.
+
+pyuftp reads all of stream 0 and then closes the other streams without
+reading their codec trailers; that uncovered a daemon bug (see
+test_codec_errors.py::test_reader_closing_after_stream0_eof_is_not_an_error).
 """
 
 import base64
@@ -107,14 +116,19 @@ class Result:
                 f"stdout: {self.out[-2000:]}\nstderr: {self.err[-2000:]}")
 
 
-def pyuftp(*args, env=None, user=f"{LOGIN}:{PASSWORD}", check=True):
-    """Run pyuftp CMD [-u user:password] ARGS...; check=True asserts exit 0."""
-    argv = [args[0]] + (["-u", user] if user else []) + list(args[1:])
+def environment(env=None):
+    """Ours, without UFTP_* / PYUFTP_* settings of the caller, plus env."""
     environ = {k: v for k, v in os.environ.items()
                if not k.startswith(("UFTP_", "PYUFTP_"))}
     environ.update(env or {})
+    return environ
+
+
+def pyuftp(*args, env=None, user=f"{LOGIN}:{PASSWORD}", check=True):
+    """Run pyuftp CMD [-u user:password] ARGS...; check=True asserts exit 0."""
+    argv = [args[0]] + (["-u", user] if user else []) + list(args[1:])
     p = subprocess.run(pyuftp_argv() + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       env=environ, timeout=300)
+                       env=environment(env), timeout=300)
     r = Result(argv, p)
     if check:
         assert r.code == 0 and not r.out.startswith("ERROR"), str(r)
@@ -331,6 +345,41 @@ def test_cp_round_trip_single_file_rename(auth, psite, opt):
     assert back.read_bytes() == data
 
 
+@pytest.mark.parametrize("opt", ["plain", "n4", "C", "n4-C-E-blowfish", "E-aes256",
+                                 "n2-E-aes128", "C-E-blowfish"])
+def test_cp_upload_from_stdin(auth, psite, opt):
+    """`cp - URL`: no ALLO, the daemon reads (and decodes) until every stream ends."""
+    opts, env = UP_OPTIONS[opt]
+    for size in (0, 1_000_001):
+        data = os.urandom(size)
+        p = subprocess.run(pyuftp_argv() + ["cp", "-u", f"{LOGIN}:{PASSWORD}", *opts, "-",
+                                            auth.url(SERVER, f"{psite.base}/in{size}.bin")],
+                           input=data, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           env=environment(env), timeout=300)
+        assert p.returncode == 0 and not p.stdout, p.stdout.decode("utf-8", "replace")
+        assert psite.path(f"in{size}.bin").read_bytes() == data, f"{size} bytes from stdin"
+
+
+@pytest.mark.parametrize("opt", ["plain", "n4", "C", "n4-C-E-blowfish"])
+def test_cp_download_to_stdout(auth, psite, opt):
+    opts, env = OPTIONS[opt]
+    data = psite.put("f.bin", os.urandom(1_000_001))
+    p = subprocess.run(pyuftp_argv() + ["cp", "-u", f"{LOGIN}:{PASSWORD}", *opts,
+                                        auth.url(SERVER, f"{psite.base}/f.bin"), "-"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env=environment(env), timeout=300)
+    assert p.returncode == 0, p.stderr.decode("utf-8", "replace")
+    assert p.stdout == data
+
+
+def test_checksum(auth, psite):
+    import hashlib
+    data = psite.put("h.bin", os.urandom(70_000))
+    r = pyuftp("checksum", auth.url(SERVER, f"{psite.base}/h.bin"))
+    digest, path = r.out.split()
+    assert digest == hashlib.md5(data).hexdigest() and path == str(psite.path("h.bin")), r
+
+
 # ---------------------------------------------------------------- byte ranges (-B)
 @pytest.mark.parametrize("opt", ["plain", "n4", "n4-C-E-blowfish", "n2-C-E-aes128"])
 def test_cp_download_range(auth, psite, opt):
@@ -462,3 +511,71 @@ def test_uftpc_multistream_aes_download(psite, size, n, aes):
     c = psite.control(**stack.request_fields())
     _, got, r226 = dc.retr(c, "f.bin", n, stack)
     assert got == data and r226.code == 226
+
+
+# ---------------------------------------------------------------- pyuftp bugs 3 and 4 (recursion)
+def local_tree(root):
+    """top + sub/f0..f2 below root; returns {relative path: data}."""
+    files = {"top": os.urandom(100)}
+    for i in range(3):
+        files[f"sub/f{i}"] = os.urandom(10_000 * i + 1)
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pyuftp 1.1.1 bug: `cp -r DIR/ URL` never creates remote directories (no MKD), so "
+    "the first file in a subdirectory fails with 550 (the Python UFTPD does not create "
+    "parents on STOR either). Covered by test_cp_recursive_upload_into_existing_directories"))
+def test_pyuftp_recursive_upload_creates_directories(auth, psite):
+    src = psite.work / "tree"
+    files = local_tree(src)
+    pyuftp("cp", "-r", "-n", "2", "-C", f"{src}/", auth.url(SERVER, f"{psite.base}/"))
+    for rel, data in files.items():
+        assert psite.path(rel).read_bytes() == data
+
+
+def test_cp_recursive_upload_into_existing_directories(auth, psite):
+    src = psite.work / "tree"
+    files = local_tree(src)
+    psite.mkdir("sub")
+    pyuftp("cp", "-r", "-n", "2", "-C", f"{src}/", auth.url(SERVER, f"{psite.base}/"))
+    for rel, data in files.items():
+        assert psite.path(rel).read_bytes() == data
+
+
+def remote_tree(site):
+    return {"g": site.put("rd/g", os.urandom(50)), "x/f": site.put("rd/x/f", os.urandom(20_000))}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pyuftp 1.1.1 bug: `cp -r URL:dir/* LOCAL` finds x/f while crawling but its worker "
+    "session asks for the basename (`RETR f`), so nested files fail with 550. Covered by "
+    "test_cp_nested_file_by_path"))
+def test_pyuftp_recursive_download_of_nested_files(auth, psite):
+    files = remote_tree(psite)
+    dl = psite.work / "dl"
+    dl.mkdir()
+    pyuftp("cp", "-r", "-n", "2", auth.url(SERVER, f"{psite.base}/rd/*"), str(dl))
+    for rel, data in files.items():
+        assert (dl / rel).read_bytes() == data
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pyuftp 1.1.1 bug: `cp -r URL:dir/ LOCAL` (a directory, no wildcard) matches no entry "
+    "against the empty file pattern and exits 0 having copied nothing"))
+def test_pyuftp_recursive_download_of_directory_url(auth, psite):
+    files = remote_tree(psite)
+    dl = psite.work / "dl"
+    dl.mkdir()
+    pyuftp("cp", "-r", auth.url(SERVER, f"{psite.base}/rd/"), str(dl))
+    assert (dl / "g").read_bytes() == files["g"]
+
+
+def test_cp_nested_file_by_path(auth, psite):
+    files = remote_tree(psite)
+    out = psite.work / "f"
+    pyuftp("cp", "-n", "4", "-C", "-E", auth.url(SERVER, f"{psite.base}/rd/x/f"), str(out))
+    assert out.read_bytes() == files["x/f"]
