@@ -43,13 +43,15 @@ import pathlib
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import pytest
 
 from conftest import use_daemon
 from helpers import datacodec as dc
 from helpers.authserver import AuthServer
-from helpers.daemon import LOOPBACK, REPO
+from helpers.daemon import LOOPBACK, REPO, free_port
 
 pytest.importorskip("pyuftp", reason="pyuftp not installed (pip install -r tests/requirements.txt)")
 
@@ -259,6 +261,62 @@ def test_request_fields_from_pyuftp_options(auth, psite):
         assert req["persistent"] == "true"
         assert req["algo"] == "AES" and len(base64.b64decode(req["key"])) == 16 + 24
         assert "127.0.0.1" in req["client-ip"].split(",")
+
+
+def http(method, url, body=None, user=f"{LOGIN}:{PASSWORD}"):
+    """A request as pyuftp makes it; returns (status, JSON body)."""
+    req = urllib.request.Request(url, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("Content-Type", "application/json")
+    if user:
+        req.add_header("Authorization", "Basic " + base64.b64encode(user.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_authserver_api(auth, psite):
+    """The Auth server's own contract (PROTOCOL.md section 11), without pyuftp."""
+    endpoint = f"{auth.base_url}/rest/auth/{SERVER}"
+    status, doc = http("POST", endpoint, {"serverPath": f"{psite.base}/", "streamCount": "2",
+                                          "compress": "true", "persistent": "false"})
+    assert status == 200 and doc["success"] is True and doc["reason"] == "", doc
+    assert doc["serverHost"] == LOOPBACK and doc["serverPort"] == psite.port
+    c = psite.control(secret=doc["secret"])  # the secret logs in as the mapped user
+    assert c.cmd("PWD").last == f'257 "{psite.base}"'
+    req = auth.transfers()[-1]
+    assert (req["streams"], req["compress"], req["persistent"]) == ("2", "true", "false")
+    assert req["client-ip"] == LOOPBACK and req["user"] == psite.user.name
+    # an instance of a server group
+    status, doc = http("POST", endpoint + "-1", {"serverPath": ""})
+    assert status == 200 and doc["serverPort"] == psite.port
+    # errors, each with errorMessage
+    for url, user, code in [(endpoint, None, 401), (endpoint, f"{LOGIN}:bad", 401),
+                            (endpoint, "nobody:x", 401),
+                            (f"{auth.base_url}/rest/auth/OTHER", f"{LOGIN}:{PASSWORD}", 404)]:
+        status, doc = http("POST", url, {}, user=user)
+        assert status == code and doc["errorMessage"], (url, user, status, doc)
+    status, doc = http("POST", endpoint, {"encryptionKey": base64.b64encode(b"k" * 60).decode(),
+                                          "encryptionAlgorithm": "aes"})
+    assert status == 500 and doc["errorMessage"].startswith(f"{SERVER}: ERROR::"), doc
+    # info
+    status, doc = http("GET", f"{auth.base_url}/rest/auth")
+    assert status == 200 and doc["client"]["dn"] == LOGIN and "version" in doc["server"]
+    assert doc[SERVER]["dataSharing"] == {"enabled": False}
+    assert http("GET", f"{auth.base_url}/rest/auth", user=None)[0] == 401
+
+
+def test_daemon_down_is_503(psite):
+    class Gone:
+        cmd_port = free_port()
+    a = AuthServer({SERVER: Gone()}, {LOGIN: (PASSWORD, psite.user.name)}).start()
+    try:
+        r = pyuftp("ls", a.url(SERVER, f"{psite.base}/"), check=False)
+    finally:
+        a.stop()
+    assert r.code == 1 and "503" in r.out, r
 
 
 # ---------------------------------------------------------------- ls

@@ -124,11 +124,12 @@ class AuthServer:
         return login, entry[1]
 
     def lookup(self, name):
+        """`<SERVER>` or `<SERVER>-<n>` (instance n of a group) -> (SERVER, daemon) or None."""
         if name in self.servers:
             return name, self.servers[name]
-        base, sep, num = name.rpartition("-")  # <SERVER>-<n>: an instance of a group
+        base, sep, num = name.rpartition("-")
         if sep and num.isdigit() and base in self.servers:
-            return name, self.servers[base]
+            return base, self.servers[base]
         return None
 
     def ping(self, daemon):
@@ -238,7 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
         found = self.auth.lookup(name)
         if found is None:
             return self._send(404, {"errorMessage": f"No such server: {name}"})
-        return self._send(200, doc.get(found[0]) or doc[name.rpartition("-")[0]])
+        return self._send(200, doc[found[0]])
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -262,8 +263,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as e:
             return self._send(400, {"errorMessage": f"Bad request: {e}"})
         try:
-            status, doc = self.auth.transfer(found[0], found[1], who[1], body,
+            status, doc = self.auth.transfer(name, found[1], who[1], body,
                                              self.client_address[0])
-        except Exception as e:  # the daemon broke the command-port protocol
-            status, doc = 500, {"errorMessage": f"{found[0]}: {e!r}"}
+        except Exception as e:  # e.g. the daemon broke the command-port protocol
+            status, doc = 500, {"errorMessage": f"{name}: {e!r}"}
         self._send(status, doc)
