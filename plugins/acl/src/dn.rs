@@ -340,7 +340,7 @@ impl Parser {
     }
 
     fn skip_blanks(&mut self) {
-        while self.peek().is_some_and(char::is_whitespace) {
+        while self.peek().is_some_and(|c| c.is_ascii_whitespace()) {
             self.pos += 1;
         }
     }
@@ -419,7 +419,7 @@ impl Parser {
         self.pos += 1;
         let mut hex = String::new();
         while let Some(c) = self.peek() {
-            if c == ',' || c == ';' || c == '+' || c.is_whitespace() {
+            if c == ',' || c == ';' || c == '+' || c.is_ascii_whitespace() {
                 break;
             }
             hex.push(c);
@@ -488,7 +488,7 @@ impl Parser {
                 c => {
                     push_char(&mut bytes, c);
                     self.pos += 1;
-                    if !c.is_whitespace() {
+                    if !c.is_ascii_whitespace() {
                         keep = bytes.len();
                     }
                 }
@@ -719,6 +719,46 @@ mod tests {
         assert!(!dn("1.2.3.4=#040201FE").matches(&dn("1.2.3.4=#040201FF")));
         // the empty DN matches nothing
         assert!(!Dn::default().matches(&subject));
+    }
+
+    proptest::proptest! {
+        /// The parser never panics or loops, whatever an ACL line holds.
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,80}") {
+            let _ = Dn::parse(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_dn_like_text(s in "[A-Za-z0-9 =,;+#\"\\\\]{0,60}") {
+            let _ = Dn::parse(&s);
+        }
+
+        /// Printing and parsing again gives the same DN, and a DN always
+        /// matches itself.
+        #[test]
+        fn display_round_trips(
+            values in proptest::collection::vec("\\PC{0,12}", 1..5),
+            multi in proptest::bool::ANY,
+        ) {
+            let types = ["2.5.4.3", "2.5.4.10", "2.5.4.11", "0.9.2342.19200300.100.1.25"];
+            let mut rdns: Vec<Rdn> = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Rdn(vec![Ava {
+                    oid: types[i % types.len()].to_string(),
+                    value: Value::Text(v.clone()),
+                }]))
+                .collect();
+            if multi && rdns.len() > 1 {
+                let second = rdns.remove(1);
+                rdns[0].0.extend(second.0);
+            }
+            let d = Dn(rdns);
+            let text = d.to_string();
+            let back = Dn::parse(&text);
+            proptest::prop_assert_eq!(back.as_ref(), Ok(&d), "{}", text);
+            proptest::prop_assert!(d.matches(&d));
+        }
     }
 
     #[test]
