@@ -27,6 +27,9 @@ from helpers import datacodec as dc
 from helpers.ftp import recv_all
 
 MAX_STREAMS = dc.CODEC_CONFIG["MAX_STREAMS"]
+# the reference UFTPD checks keys only at transfer time and takes most truncated
+# uploads for complete ones
+beyond = pytest.mark.beyond_reference
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,7 @@ def b64(n):
 
 
 # ---------------------------------------------------------------- keys
+@beyond
 @pytest.mark.parametrize("algo,keylen", [
     ("BLOWFISH", 57), ("BLOWFISH", 64), ("BLOWFISH", 3), ("BLOWFISH", 1),
     ("AES", 16),   # an IV without a key
@@ -71,6 +75,7 @@ def test_wrong_key_length_refused_at_once(csite, algo, keylen):
     assert r.code == 530, f"login with the secret of a refused request: {r}"
 
 
+@beyond
 @pytest.mark.parametrize("fields,what", [
     ({"key": "!!!not base64!!!", "algo": "AES"}, "base64"),
     ({"key": b64(16), "algo": "DES"}, "DES"),
@@ -184,12 +189,14 @@ def _multistream_cases():
     return cases
 
 
+@beyond
 @pytest.mark.parametrize("stack,wires,pre", _cipher_cases() + _gzip_cases() + _multistream_cases())
 def test_stor_cut_short_is_an_error(csite, stack, wires, pre):
     final, c = raw_stor(csite, stack, wires, pre)
     assert_refused_and_usable(final, c, stack, len(wires), "truncated upload")
 
 
+@beyond
 @pytest.mark.parametrize("algo,keylen", [("BLOWFISH", 56), ("AES", 32)])
 @pytest.mark.parametrize("announce", ["ALLO", "RANG"])
 def test_encrypted_cut_that_looks_padded_is_caught_by_the_length(csite, algo, keylen, announce):
@@ -208,6 +215,7 @@ def test_encrypted_cut_that_looks_padded_is_caught_by_the_length(csite, algo, ke
     assert_refused_and_usable(final, c, stack, 1, f"{algo} cut with {announce}")
 
 
+@beyond
 @pytest.mark.parametrize("n", [1, 2, MAX_STREAMS])
 @pytest.mark.parametrize("codec", ["plain", "gzip", "AES-gzip", "BLOWFISH"])
 def test_complete_stream_shorter_than_allo_is_an_error(csite, n, codec):
@@ -220,6 +228,7 @@ def test_complete_stream_shorter_than_allo_is_an_error(csite, n, codec):
     assert_refused_and_usable(final, c, stack, n, f"{codec} over {n} streams, ALLO too big")
 
 
+@beyond
 def test_plain_stor_with_allo_and_fewer_bytes(csite):
     """The plain single-stream case, as an ordinary FTP client would cause it."""
     c = csite.control()
@@ -238,6 +247,7 @@ def test_plain_stor_with_allo_and_fewer_bytes(csite):
     assert r226.code == 226 and csite.path("ok.bin").read_bytes() == DATA[:1000]
 
 
+@beyond
 def test_ranged_stor_with_fewer_bytes(csite):
     csite.put("r.bin", os.urandom(10_000))
     c = csite.control()
@@ -252,20 +262,16 @@ def test_ranged_stor_with_fewer_bytes(csite):
 
 
 # ---------------------------------------------------------------- downloads
-@pytest.mark.xfail(strict=True, reason=(
-    "daemon bug: a multi-stream RETR with codecs ends in 426 ('data stream i: Connection "
-    "reset by peer' or 'Transport endpoint is not connected') when the client, having read "
-    "stream 0 to its end (PROTOCOL.md section 6: end of data), closes the other streams "
-    "before their codec trailers arrive, as pyuftp and JPARSS readers do. The trailer write "
-    "or the shutdown(Write) in datachannel's TcpStream::finish_write fails and the whole "
-    "transfer is reported as failed although every block was delivered"))
 def test_reader_closing_after_stream0_eof_is_not_an_error(csite):
+    # An empty file: no frames at all, so stream 0 ends at once and a
+    # JPARSS reader (pyuftp, Java) closes the other streams while their codec
+    # trailers may still be on the way. (With data, a faithful reader reads
+    # one frame of every stream before it can see stream 0 end, so only the
+    # trailer-only case exercises this race.)
     csite.put("empty.bin", b"")
-    csite.put("one.bin", b"x")
     cases = [("empty.bin", dc.Stack(None, None, True)),
              ("empty.bin", dc.Stack(os.urandom(32), "AES")),
-             ("one.bin", dc.Stack(os.urandom(48), "AES")),
-             ("one.bin", dc.Stack(None, None, True)),
+             ("empty.bin", dc.Stack(os.urandom(48), "AES", True)),
              ("empty.bin", dc.Stack(os.urandom(56), "BLOWFISH", True))]
     for name, stack in cases:
         c = csite.control(**stack.request_fields())

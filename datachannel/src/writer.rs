@@ -414,7 +414,17 @@ fn worker(
     match run(&mut enc) {
         Ok(true) => {
             if let Err(e) = enc.finish() {
-                shared.fail(Some(i), &e);
+                // A reader knows the data ended when stream 0 ends at a frame
+                // boundary; by then it has read every frame of every other
+                // stream, and JPARSS readers (pyuftp, Java) close the other
+                // streams without waiting for their codec trailers. A peer
+                // that closed stream i > 0 while only its trailer or
+                // shutdown was left is therefore no failed transfer; a
+                // reader that gave up earlier fails on stream 0 as well,
+                // or while the data was still being written.
+                if !(framed && i > 0 && peer_closed(&e)) {
+                    shared.fail(Some(i), &e);
+                }
             }
         }
         Ok(false) => {
@@ -423,6 +433,14 @@ fn worker(
         }
         Err(e) => shared.fail(Some(i), &e),
     }
+}
+
+/// The peer closed or reset the connection.
+fn peer_closed(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected
+    )
 }
 
 enum IoMsg {

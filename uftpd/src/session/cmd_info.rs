@@ -182,6 +182,9 @@ impl Session {
 
     pub(super) fn size(&mut self, arg: &str) -> CmdResult {
         self.require(AccessLevel::Info)?;
+        if arg.trim().is_empty() {
+            return Err(CmdError::new(501, "Argument syntax error: missing path"));
+        }
         let r = self.resolve(arg.trim_start())?;
         let st = self.storage.stat(&r.rel)?;
         let line = format!("213 {}", st.size);
