@@ -97,6 +97,15 @@ def run_uftpc(uftpc, site, secret, n, stack, *cmd):
 
 
 MATRIX = [(n, enc, gz) for n in STREAMS for enc in ENCRYPTIONS for gz in (False, True)]
+# the reference UFTPD garbles codecs over several streams (no gzip trailer / final
+# cipher block per stream, PROTOCOL.md section 12) and sends listings without them
+beyond = pytest.mark.beyond_reference
+
+
+def marked(cases):
+    """beyond_reference on the cases that use codecs over several streams."""
+    return [pytest.param(c, marks=beyond) if c[0] > 1 and (c[1] != "plain" or c[2]) else c
+            for c in cases]
 
 
 def matrix_id(case):
@@ -105,6 +114,8 @@ def matrix_id(case):
 
 
 # ---------------------------------------------------------------- uftpc
+# (uftpc requires `221` to QUIT: the reference closes without a reply)
+@beyond
 @pytest.mark.parametrize("case", MATRIX, ids=matrix_id)
 def test_uftpc_download(csite, uftpc, case):
     n, enc, gz = case
@@ -117,6 +128,7 @@ def test_uftpc_download(csite, uftpc, case):
     assert len(got) == len(data) and got == data, f"{stack} over {n} streams: corrupted"
 
 
+@beyond
 @pytest.mark.parametrize("case", MATRIX, ids=matrix_id)
 def test_uftpc_upload(csite, uftpc, case):
     n, enc, gz = case
@@ -132,7 +144,7 @@ def test_uftpc_upload(csite, uftpc, case):
 
 
 # ---------------------------------------------------------------- the independent codec
-@pytest.mark.parametrize("case", MATRIX, ids=matrix_id)
+@pytest.mark.parametrize("case", marked(MATRIX), ids=matrix_id)
 def test_python_codec_both_directions(csite, case):
     """Our decoder reads what the daemon sends; the daemon reads what our encoder sends."""
     n, enc, gz = case
@@ -153,8 +165,10 @@ def test_python_codec_both_directions(csite, case):
 
 
 @pytest.mark.parametrize("size", [0, 1, 16383, 16384, 16385, 3 * 16384])
-@pytest.mark.parametrize("enc,gz", [("plain", False), ("AES256", True), ("BLOWFISH", False),
-                                    ("AES128", False)])
+@pytest.mark.parametrize("enc,gz", [("plain", False),
+                                    pytest.param("AES256", True, marks=beyond),
+                                    pytest.param("BLOWFISH", False, marks=beyond),
+                                    pytest.param("AES128", False, marks=beyond)])
 def test_block_boundaries(csite, size, enc, gz):
     """Sizes around the 16 KiB block (and the empty file) with 1 and 4 streams."""
     stack = make_stack(enc, gz)
@@ -168,6 +182,7 @@ def test_block_boundaries(csite, size, enc, gz):
         assert csite.path(f"u{n}.bin").read_bytes() == data
 
 
+@beyond
 @pytest.mark.parametrize("keylen", [4, 8, 16, 33, 55])
 def test_blowfish_key_lengths(csite, keylen):
     """Blowfish takes any key of 4..56 bytes (Java sends 56; others exist)."""
@@ -180,6 +195,7 @@ def test_blowfish_key_lengths(csite, keylen):
     assert final.code == 226 and csite.path("k2.bin").read_bytes() == data
 
 
+@beyond
 def test_aes_without_algo_by_key_length(csite):
     """No `algo` with a 32/40/48-byte key means AES (PROTOCOL.md section 3)."""
     stack = dc.Stack(os.urandom(40), None, False)
@@ -193,6 +209,7 @@ def test_aes_without_algo_by_key_length(csite):
     assert got == data
 
 
+@beyond
 def test_streams_above_max_are_capped(csite):
     """NOOP 8 with MAX_STREAMS=4: `223 Opening 4 data connections`, then 4 framed streams."""
     stack = make_stack("AES256", True)
@@ -215,6 +232,7 @@ RANGE_CASES = [(n, enc, gz) for n in (1, 2, MAX_STREAMS)
                for enc in ("plain", "BLOWFISH", "AES192") for gz in (False, True)]
 
 
+@beyond  # the reference's 150 reply after REST counts the whole file
 @pytest.mark.parametrize("case", RANGE_CASES, ids=matrix_id)
 def test_ranged_reads(csite, case):
     """RANG a b (exclusive end) and REST a, over streams and codecs: exactly those bytes."""
@@ -234,6 +252,7 @@ def test_ranged_reads(csite, case):
     assert got == data
 
 
+@beyond  # the reference fails APPE ("tuple indices must be integers")
 @pytest.mark.parametrize("case", RANGE_CASES, ids=matrix_id)
 def test_ranged_writes_and_append(csite, case):
     """RANG a b + STOR writes in place (no truncation); APPE appends; with codecs."""
@@ -258,6 +277,7 @@ def test_ranged_writes_and_append(csite, case):
     assert csite.path("w.bin").read_bytes() == expect + more
 
 
+@beyond  # the reference's 150 reply after REST counts the whole file
 def test_plain_ranges_with_ftplib(csite):
     """Plain (no codec, 1 stream) ranged reads and writes with an unmodified ftplib."""
     data = csite.put("p.bin", payload())
@@ -292,6 +312,7 @@ def listing_site(csite):
         csite.put(f"many/file-{i:04d}-{'x' * 40}.bin", size=i)
 
 
+@beyond  # the reference sends listings over one plain stream whatever was negotiated
 @pytest.mark.parametrize("verb", ["MLSD", "LIST"])
 @pytest.mark.parametrize("case", LIST_CASES, ids=matrix_id)
 def test_listing_over_codecs(csite, verb, case):
@@ -313,6 +334,7 @@ def test_listing_over_codecs(csite, verb, case):
     assert len(expected["many"].splitlines()) == 300
 
 
+@beyond
 def test_multistream_listing_is_framed(csite):
     """Proof that a listing over n > 1 plain streams uses the JPARSS framing."""
     listing_site(csite)
@@ -331,6 +353,7 @@ def test_multistream_listing_is_framed(csite):
     assert len(text) > 16384 and len(text.splitlines()) == 300
 
 
+@beyond
 def test_encrypted_listing_is_not_plain_text(csite):
     listing_site(csite)
     stack = make_stack("BLOWFISH", False)
