@@ -18,8 +18,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod sync;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::time::Duration;
 
 use uftp_datachannel::{ChannelOptions, CodecStack, DataReader, DataWriter};
@@ -44,6 +47,9 @@ pub enum ClientError {
     /// A codec could not be set up (bad key, unknown algorithm).
     #[error("codec: {0}")]
     Codec(String),
+    /// A sync exchange failed.
+    #[error("sync: {0}")]
+    Sync(#[from] sync::SyncError),
 }
 
 /// A server reply: the code and every line (the last one included).
@@ -340,7 +346,7 @@ impl Client {
     ) -> Result<String, ClientError> {
         self.expect(&format!("OPTS HASH {algo}"), 200)?;
         if let Some((off, len)) = range {
-            self.expect(&format!("RANG {off} {}", off + len), 350)?;
+            self.expect(&self.rang_command(off, len), 350)?;
         }
         let r = self.expect(&format!("HASH {path}"), 213)?;
         let text = r.text().to_string();
@@ -409,7 +415,7 @@ impl Client {
         out: &mut dyn Write,
     ) -> Result<u64, ClientError> {
         if let Some((off, len)) = range {
-            self.expect(&format!("RANG {off} {}", off + len), 350)?;
+            self.expect(&self.rang_command(off, len), 350)?;
         }
         let conns = self.open_data()?;
         let r = self.expect(&format!("RETR {path}"), 150)?;
@@ -472,6 +478,22 @@ impl Client {
         self.store("APPE", path, src, None, None)
     }
 
+    /// Uploads a tar stream that the server unpacks below the directory
+    /// `dir` (`TYPE ARCHIVE`, PROTOCOL.md section 7), then returns to
+    /// normal mode. Returns the bytes sent and the server's final reply,
+    /// whose text reports entries the server skipped or changed.
+    pub fn put_archive(
+        &mut self,
+        dir: &str,
+        src: &mut dyn Read,
+        len: Option<u64>,
+    ) -> Result<(u64, Reply), ClientError> {
+        self.expect("TYPE ARCHIVE", 200)?;
+        let result = self.store_reply("STOR", dir, src, len, None);
+        self.expect("TYPE NORMAL", 200)?;
+        result
+    }
+
     fn store(
         &mut self,
         verb: &str,
@@ -480,9 +502,21 @@ impl Client {
         len: Option<u64>,
         offset: Option<u64>,
     ) -> Result<u64, ClientError> {
+        self.store_reply(verb, path, src, len, offset)
+            .map(|(n, _)| n)
+    }
+
+    fn store_reply(
+        &mut self,
+        verb: &str,
+        path: &str,
+        src: &mut dyn Read,
+        len: Option<u64>,
+        offset: Option<u64>,
+    ) -> Result<(u64, Reply), ClientError> {
         match (offset, len) {
             (Some(off), Some(l)) => {
-                self.expect(&format!("RANG {off} {}", off + l), 350)?;
+                self.expect(&self.rang_command(off, l), 350)?;
             }
             (Some(off), None) => {
                 self.expect(&format!("REST {off}"), 350)?;
@@ -516,12 +550,192 @@ impl Client {
                 reply: done,
             });
         }
-        Ok(total)
+        Ok((total, done))
+    }
+
+    /// The RANG command for `len` bytes from `offset`: an exclusive end
+    /// (UFTP legacy), or an inclusive one when the server's FEAT lists
+    /// `RFC_RANG`.
+    pub fn rang_command(&self, offset: u64, len: u64) -> String {
+        if self.features.iter().any(|f| f == "RFC_RANG") {
+            format!("RANG {offset} {}", (offset + len).saturating_sub(1))
+        } else {
+            format!("RANG {offset} {}", offset + len)
+        }
+    }
+
+    /// Whether a sync exchange runs raw on the one data connection (one
+    /// stream, no codecs: what UFTPD 3.x and the Java client do) or as one
+    /// complete data-channel message per direction (several streams or
+    /// codecs: each side ends its message with the codec trailers and a
+    /// half-close, and the data channel is used up afterwards).
+    fn sync_is_raw(&self) -> bool {
+        self.granted == 1 && self.stack.is_plain()
+    }
+
+    /// Opens the data channel and sends a SYNC command; sync exchanges can
+    /// wait long for the other side (checksums of a big file, long runs
+    /// without a match), so the data connections get no read timeout.
+    fn start_sync(&mut self, cmd: &str) -> Result<Vec<TcpStream>, ClientError> {
+        let conns = self.open_data()?;
+        for c in &conns {
+            c.set_read_timeout(None)?;
+        }
+        self.expect(cmd, 200)?;
+        Ok(conns)
+    }
+
+    /// SYNC-TO-SERVER: makes the server's file `remote` equal to the local
+    /// file `local` (this side is the leader). The server writes the new
+    /// version aside and renames it over the old one when the exchange is
+    /// complete; it sends no reply afterwards (PROTOCOL.md section 8), so
+    /// check the result with [`hash`](Client::hash) where it matters.
+    pub fn sync_to_server(
+        &mut self,
+        local: &Path,
+        remote: &str,
+    ) -> Result<sync::SyncStats, ClientError> {
+        let f = std::fs::File::open(local)?;
+        self.sync_to_server_from(&f, remote)
+    }
+
+    /// [`sync_to_server`](Client::sync_to_server) from any [`sync::Source`].
+    pub fn sync_to_server_from(
+        &mut self,
+        src: &dyn sync::Source,
+        remote: &str,
+    ) -> Result<sync::SyncStats, ClientError> {
+        let conns = self.start_sync(&format!("SYNC-TO-SERVER {remote}"))?;
+        if self.sync_is_raw() {
+            let sock = conns
+                .first()
+                .ok_or_else(|| ClientError::Protocol("no data connection".into()))?;
+            let sums = sync::BlockSums::read_from(&mut &*sock)?;
+            return Ok(sync::leader(&sums, src, &mut &*sock)?);
+        }
+        let clones = conns
+            .iter()
+            .map(|c| c.try_clone())
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut reader = DataReader::new(conns, &self.stack, &self.channel)
+            .map_err(|e| ClientError::Io(e.into()))?;
+        let sums = sync::BlockSums::read_from(&mut reader)?;
+        if !self.stack.is_plain() {
+            expect_end(&mut reader, "block checksums")?;
+        }
+        let mut writer = DataWriter::new(clones, &self.stack, &self.channel)
+            .map_err(|e| ClientError::Io(e.into()))?;
+        let stats = sync::leader(&sums, src, &mut writer)?;
+        writer.finish()?;
+        // Only now: dropping a reader before its end breaks the streams.
+        drop(reader);
+        Ok(stats)
+    }
+
+    /// SYNC-TO-CLIENT: makes the local file `local` equal to the server's
+    /// file `remote` (this side is the follower). The new version is
+    /// written to a temporary file in the same directory and renamed over
+    /// `local` only when the exchange completed; a missing `local` counts
+    /// as empty.
+    pub fn sync_to_client(
+        &mut self,
+        remote: &str,
+        local: &Path,
+    ) -> Result<sync::SyncStats, ClientError> {
+        let old = match std::fs::File::open(local) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let dir = match local.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let name = local.file_name().ok_or_else(|| {
+            ClientError::Protocol(format!("{}: not a file name", local.display()))
+        })?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tmp = dir.join(format!(
+            ".{}.uftp-sync-{}-{nanos}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let result = match &old {
+            Some(f) => self.sync_to_client_into(remote, f, &mut out),
+            None => self.sync_to_client_into(remote, &Vec::new(), &mut out),
+        };
+        let result = result.and_then(|stats| {
+            out.sync_all()?;
+            if let Some(f) = &old {
+                out.set_permissions(f.metadata()?.permissions())?;
+            }
+            std::fs::rename(&tmp, local)?;
+            Ok(stats)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// [`sync_to_client`](Client::sync_to_client) with the old copy from
+    /// any [`sync::Source`] and the new version written to `out`.
+    pub fn sync_to_client_into(
+        &mut self,
+        remote: &str,
+        old: &dyn sync::Source,
+        out: &mut dyn Write,
+    ) -> Result<sync::SyncStats, ClientError> {
+        let size = old.size()?;
+        let sums = sync::BlockSums::compute(&mut *old.open_at(0)?, sync::default_block_size(size))?;
+        let conns = self.start_sync(&format!("SYNC-TO-CLIENT {remote}"))?;
+        if self.sync_is_raw() {
+            let sock = conns
+                .first()
+                .ok_or_else(|| ClientError::Protocol("no data connection".into()))?;
+            sums.write_to(&mut &*sock)?;
+            let mut input = BufReader::with_capacity(256 * 1024, sock);
+            return Ok(sync::follower(&sums, old, &mut input, out)?);
+        }
+        let clones = conns
+            .iter()
+            .map(|c| c.try_clone())
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut writer = DataWriter::new(clones, &self.stack, &self.channel)
+            .map_err(|e| ClientError::Io(e.into()))?;
+        sums.write_to(&mut writer)?;
+        writer.finish()?;
+        let mut reader = DataReader::new(conns, &self.stack, &self.channel)
+            .map_err(|e| ClientError::Io(e.into()))?;
+        let stats = sync::follower(&sums, old, &mut reader, out)?;
+        if !self.stack.is_plain() {
+            expect_end(&mut reader, "sync records")?;
+        }
+        Ok(stats)
     }
 
     /// Ends the session.
     pub fn quit(mut self) -> Result<(), ClientError> {
         self.expect("QUIT", 221).map(|_| ())
+    }
+}
+
+/// Reads a data channel to its verified end, which must come right after
+/// the message just read.
+fn expect_end(reader: &mut DataReader, what: &str) -> Result<(), ClientError> {
+    let mut b = [0u8; 1];
+    match reader.read(&mut b)? {
+        0 => Ok(()),
+        _ => Err(ClientError::Protocol(format!(
+            "unexpected data after the {what}"
+        ))),
     }
 }
 

@@ -5,6 +5,9 @@
 //! uftpc [options] HOST:PORT SECRET get REMOTE LOCAL|-
 //! uftpc [options] HOST:PORT SECRET put LOCAL REMOTE
 //! uftpc [options] HOST:PORT SECRET ls [DIR]
+//! uftpc [options] HOST:PORT SECRET sync-to-server LOCAL REMOTE
+//! uftpc [options] HOST:PORT SECRET sync-to-client REMOTE LOCAL
+//! uftpc [options] HOST:PORT SECRET put-archive LOCAL.tar REMOTE_DIR
 //! options: -n STREAMS  -E KEY_BASE64  -a BLOWFISH|AES  -z (gzip)  --epsv
 //! ```
 
@@ -18,7 +21,7 @@ use uftp_client::{Client, ClientOptions};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: uftpc [-n STREAMS] [-E KEY_BASE64] [-a BLOWFISH|AES] [-z] [--epsv] HOST:PORT SECRET (get REMOTE LOCAL|- | put LOCAL REMOTE | ls [DIR])"
+        "usage: uftpc [-n STREAMS] [-E KEY_BASE64] [-a BLOWFISH|AES] [-z] [--epsv] HOST:PORT SECRET (get REMOTE LOCAL|- | put LOCAL REMOTE | ls [DIR] | sync-to-server LOCAL REMOTE | sync-to-client REMOTE LOCAL | put-archive LOCAL.tar REMOTE_DIR)"
     );
     ExitCode::from(2)
 }
@@ -71,6 +74,23 @@ fn main() -> ExitCode {
                 let mut f = File::open(local)?;
                 let len = f.metadata()?.len();
                 c.put(remote, &mut f, Some(len), None)?
+            }
+            ("sync-to-server", Some(local), Some(remote)) => {
+                let st = c.sync_to_server(std::path::Path::new(local), remote)?;
+                eprintln!("sync: {st}");
+                st.bytes_sent
+            }
+            ("sync-to-client", Some(remote), Some(local)) => {
+                let st = c.sync_to_client(remote, std::path::Path::new(local))?;
+                eprintln!("sync: {st}");
+                st.bytes_received
+            }
+            ("put-archive", Some(local), Some(remote)) => {
+                let mut f = File::open(local)?;
+                let len = f.metadata()?.len();
+                let (n, reply) = c.put_archive(remote, &mut f, Some(len))?;
+                println!("{}", reply.lines.join("\n"));
+                n
             }
             ("ls", dir, None) => {
                 for e in c.list(dir.map(String::as_str).unwrap_or("."))? {
