@@ -13,6 +13,7 @@
 
 mod cmd_fs;
 mod cmd_info;
+mod cmd_sync;
 mod cmd_xfer;
 pub mod control;
 pub mod data;
@@ -547,6 +548,8 @@ impl Session {
             "NLST" => self.list(arg, cmd_xfer::ListStyle::Names),
             "MLSD" => self.list(arg, cmd_xfer::ListStyle::Mlsd),
             "HASH" => self.hash(arg),
+            "SYNC-TO-CLIENT" => self.sync_to_client(arg),
+            "SYNC-TO-SERVER" => self.sync_to_server(arg),
             _ => self.ok_reply("502 Command not implemented."),
         }
     }
