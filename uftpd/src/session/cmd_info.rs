@@ -57,6 +57,7 @@ impl Session {
             "APPE",
             "MFF Modify;UNIX.mode;",
             "KEEP-ALIVE",
+            "ARCHIVE",
             "UTF-8",
         ]
         .iter()
@@ -150,12 +151,7 @@ impl Session {
                 })?;
             }
             "KEEP_ALIVE" => self.opts.keep_alive = parse_bool(value),
-            "ARCHIVE" => {
-                if parse_bool(value) {
-                    return Err(CmdError::new(504, "Archive mode is not available yet"));
-                }
-                self.opts.archive = false;
-            }
+            "ARCHIVE" => self.opts.archive = parse_bool(value),
             // RFC 2640 clients send this; names and paths are UTF-8 anyway.
             "UTF8" | "UTF-8" => {}
             _ => return Err(CmdError::new(500, format!("Unknown option '{name}'"))),
@@ -166,7 +162,10 @@ impl Session {
 
     pub(super) fn type_(&mut self, arg: &str) -> CmdResult {
         match arg.trim().to_ascii_uppercase().as_str() {
-            "ARCHIVE" => Err(CmdError::new(504, "Archive mode is not available yet")),
+            "ARCHIVE" => {
+                self.opts.archive = true;
+                self.ok_reply("200 OK")
+            }
             "NORMAL" => {
                 self.opts.archive = false;
                 self.ok_reply("200 OK")

@@ -11,6 +11,7 @@
 //! channel), [`cmd_xfer`] (data connections, ranges, RETR/STOR/APPE, LIST,
 //! HASH).
 
+mod archive;
 mod cmd_fs;
 mod cmd_info;
 mod cmd_sync;
@@ -542,6 +543,7 @@ impl Session {
             "REST" => self.rest(arg),
             "ALLO" => self.allo(arg),
             "RETR" => self.retr(arg),
+            "STOR" if self.opts.archive => self.stor_archive(arg),
             "STOR" => self.stor(arg, false),
             "APPE" => self.stor(arg, true),
             "LIST" => self.list(arg, cmd_xfer::ListStyle::Ls),
