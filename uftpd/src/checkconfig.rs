@@ -7,7 +7,7 @@
 //! runs as root, and every insecure choice. Exit code 0 when the daemon
 //! would start (warnings or not), 1 when it would not.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -89,30 +89,10 @@ impl Report {
     }
 }
 
-fn is_wildcard(host: &str) -> bool {
-    Config::is_wildcard(host)
-}
-
 /// Addresses the daemon would listen on, as the server resolves them.
 fn addresses(host: &str, port: u16, disable_ipv6: bool) -> Result<Vec<SocketAddr>, String> {
-    if is_wildcard(host) {
-        return Ok(vec![if disable_ipv6 {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)
-        } else {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port)
-        }]);
-    }
-    let mut v: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve '{host}': {e}"))?
-        .filter(|a| !(disable_ipv6 && a.is_ipv6()))
-        .collect();
-    v.sort();
-    v.dedup();
-    if v.is_empty() {
-        return Err(format!("'{host}' has no usable address"));
-    }
-    Ok(v)
+    crate::server::listen_addrs(host, port, disable_ipv6)
+        .map_err(|e| format!("cannot resolve '{host}': {e}"))
 }
 
 /// Tries to bind, as the daemon will; a port in use is only a warning
@@ -285,23 +265,15 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
                             .collect()
                     })
                     .unwrap_or_default();
-                if let Some(first) = remote.first() {
-                    if privileged && !allow_insecure {
-                        r.error(
-                            CMD,
-                            format!(
-                                "refusing to run as root with a plain-text command port on {first} (CMD_HOST={}): set SSL_CONF, bind CMD_HOST to localhost, or set ALLOW_INSECURE_COMMAND_PORT=true on a closed network",
-                                cfg.cmd_host
-                            ),
-                        );
-                    } else {
-                        r.warn(
-                            CMD,
-                            format!(
-                                "the plain-text command port listens on a non-loopback address ({first})"
-                            ),
-                        );
-                    }
+                if let Err(e) = crate::server::check_plaintext_binding(cfg, privileged, &lookup) {
+                    r.error(CMD, e);
+                } else if let Some(first) = remote.first() {
+                    r.warn(
+                        CMD,
+                        format!(
+                            "the plain-text command port listens on a non-loopback address ({first})"
+                        ),
+                    );
                 }
             }
         }
@@ -324,7 +296,7 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
 
     // --- plugins
     const PLUGINS: &str = "Plugins";
-    match crate::plugins::storage_backend(&cfg.storage_backend, &lookup) {
+    match crate::plugins::check_storage(cfg) {
         Ok(_) => r.info(
             PLUGINS,
             format!("storage backend '{}'", cfg.storage_backend),

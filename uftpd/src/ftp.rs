@@ -88,7 +88,12 @@ async fn login(s: &mut TcpStream, r: &mut LineReader) -> Option<String> {
 }
 
 /// Serves one FTP connection up to the handover.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, daemon: Arc<Daemon>) {
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    daemon: Arc<Daemon>,
+    slot: crate::server::Slot,
+) {
     let _ = stream.set_nodelay(true);
     crate::server::set_keepalive(&stream);
     let greeting = format!("220 UFTPD {}, https://www.unicore.eu", crate::VERSION);
@@ -158,6 +163,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, daemon: Arc<Daemon>)
         }
     };
     drop(std_stream);
+    drop(slot);
     let pid = child.id().unwrap_or(0);
     tracing::info!(
         "Started session process {pid} for '{user}' from {}",

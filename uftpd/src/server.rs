@@ -22,8 +22,72 @@ use crate::jobs::JobStore;
 
 /// Concurrent command-port connections served; more wait in the backlog.
 const MAX_CMD_CONNECTIONS: usize = 256;
-/// Concurrent FTP connections in the login dialogue.
+/// Concurrent command-port connections from one address: a single host
+/// stalling TLS handshakes cannot take every slot.
+const MAX_CMD_PER_PEER: u32 = 32;
+/// Concurrent FTP connections in the login dialogue (sessions that logged
+/// in no longer count).
 const MAX_LOGINS: usize = 1024;
+/// Concurrent logins in progress from one address.
+const MAX_LOGINS_PER_PEER: u32 = 128;
+
+/// Connections in progress per peer address.
+#[derive(Debug)]
+struct PeerCounts {
+    counts: std::sync::Mutex<std::collections::HashMap<IpAddr, u32>>,
+    max: u32,
+}
+
+/// One connection's place in [`PeerCounts`], given back on drop.
+#[derive(Debug)]
+pub struct PeerSlot {
+    owner: Arc<PeerCounts>,
+    ip: IpAddr,
+}
+
+impl PeerCounts {
+    fn new(max: u32) -> Arc<Self> {
+        Arc::new(PeerCounts {
+            counts: std::sync::Mutex::new(std::collections::HashMap::new()),
+            max,
+        })
+    }
+
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        // Each critical section is one map update, so a poisoned lock
+        // still holds consistent counts.
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a connection holds while the daemon serves it: a global slot and
+/// a per-peer one. The FTP login gives both back at the handover.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _peer: PeerSlot,
+}
 
 /// Shared daemon state.
 #[derive(Debug)]
@@ -67,7 +131,11 @@ pub fn set_keepalive<S: std::os::fd::AsFd>(s: &S) {
 }
 
 /// Addresses to listen on for a host setting.
-fn listen_addrs(host: &str, port: u16, disable_ipv6: bool) -> io::Result<Vec<SocketAddr>> {
+pub(crate) fn listen_addrs(
+    host: &str,
+    port: u16,
+    disable_ipv6: bool,
+) -> io::Result<Vec<SocketAddr>> {
     if Config::is_wildcard(host) {
         return Ok(if disable_ipv6 {
             vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)]
@@ -151,6 +219,7 @@ fn spawn_accept_loop(
     service: Service,
     daemon: Arc<Daemon>,
     limit: Arc<Semaphore>,
+    per_peer: Arc<PeerCounts>,
 ) {
     tokio::spawn(async move {
         loop {
@@ -167,17 +236,29 @@ fn spawn_accept_loop(
                     continue;
                 }
             };
+            let Some(peer_slot) = per_peer.try_acquire(peer.ip().to_canonical()) else {
+                tracing::warn!(
+                    "{service:?} port: {} has {} connections in progress already, closing this one",
+                    peer.ip(),
+                    per_peer.max
+                );
+                continue;
+            };
+            let slot = Slot {
+                _permit: permit,
+                _peer: peer_slot,
+            };
             let d = daemon.clone();
             tokio::spawn(async move {
                 match service {
-                    Service::Command => crate::cmdport::serve(stream, peer, d).await,
-                    Service::Ftp => {
-                        // The login permit is released at handover; the
-                        // session process no longer costs the daemon a slot.
-                        crate::ftp::serve(stream, peer, d).await
+                    Service::Command => {
+                        crate::cmdport::serve(stream, peer, d).await;
+                        drop(slot);
                     }
+                    // The slot goes back at the handover: a running session
+                    // process costs the daemon no login slot.
+                    Service::Ftp => crate::ftp::serve(stream, peer, d, slot).await,
                 }
-                drop(permit);
             });
         }
     });
@@ -203,8 +284,11 @@ pub fn run(config: Config) -> Result<(), String> {
         if let Some(src) = &config.source {
             tracing::info!("Configuration: {}", src.display());
         }
-        for name in &config.ignored {
-            tracing::debug!("Config variable {name} is not used by uftpd, ignored");
+        if !config.ignored.is_empty() {
+            tracing::debug!(
+                "Config variables not used by uftpd itself (plugin settings, or 3.x leftovers): {}",
+                config.ignored.join(", ")
+            );
         }
         if privileged {
             tracing::info!("Running as root: sessions run as the requested users");
@@ -238,7 +322,10 @@ pub fn run(config: Config) -> Result<(), String> {
             ));
         }
         for line in authorizer.describe() {
-            tracing::info!("Command port: {line}");
+            match line.strip_prefix("WARNING:") {
+                Some(w) => tracing::warn!("Command port: {}", w.trim()),
+                None => tracing::info!("Command port: {line}"),
+            }
         }
         if !authorizer.secure() {
             check_plaintext_binding(&config, privileged, &lookup)?;
@@ -282,12 +369,14 @@ pub fn run(config: Config) -> Result<(), String> {
             c.keyfiles
         );
         let cmd_limit = Arc::new(Semaphore::new(MAX_CMD_CONNECTIONS));
+        let cmd_peers = PeerCounts::new(MAX_CMD_PER_PEER);
         for l in cmd {
-            spawn_accept_loop(l, Service::Command, daemon.clone(), cmd_limit.clone());
+            spawn_accept_loop(l, Service::Command, daemon.clone(), cmd_limit.clone(), cmd_peers.clone());
         }
         let login_limit = Arc::new(Semaphore::new(MAX_LOGINS));
+        let login_peers = PeerCounts::new(MAX_LOGINS_PER_PEER);
         for l in ftp {
-            spawn_accept_loop(l, Service::Ftp, daemon.clone(), login_limit.clone());
+            spawn_accept_loop(l, Service::Ftp, daemon.clone(), login_limit.clone(), login_peers.clone());
         }
         let d = daemon.clone();
         tokio::spawn(async move {
@@ -309,7 +398,7 @@ pub fn run(config: Config) -> Result<(), String> {
 
 /// A plain-text command port on a non-loopback address lets remote peers
 /// act as any user: as root, refuse that unless the admin says so.
-fn check_plaintext_binding(
+pub(crate) fn check_plaintext_binding(
     config: &Config,
     privileged: bool,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -351,5 +440,39 @@ async fn wait_for_shutdown() {
             // No signal handling possible: run until killed.
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_slots_are_counted_and_given_back() {
+        let counts = PeerCounts::new(2);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let s1 = counts.try_acquire(a).expect("first");
+        let _s2 = counts.try_acquire(a).expect("second");
+        assert!(counts.try_acquire(a).is_none(), "third from the same peer");
+        let _other = counts.try_acquire(b).expect("another peer is not affected");
+        drop(s1);
+        assert!(counts.try_acquire(a).is_some(), "a slot came back");
+    }
+
+    #[test]
+    fn wildcard_hosts_listen_dual_stack_or_v4() {
+        let v6 = listen_addrs("", 7000, false).expect("wildcard");
+        assert_eq!(
+            v6,
+            vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 7000)]
+        );
+        let v4 = listen_addrs("*", 7000, true).expect("wildcard");
+        assert_eq!(
+            v4,
+            vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000)]
+        );
+        let lo = listen_addrs("127.0.0.1", 7000, false).expect("literal");
+        assert_eq!(lo, vec![SocketAddr::from(([127, 0, 0, 1], 7000))]);
     }
 }
