@@ -164,9 +164,25 @@ UP_OPTIONS = dict(OPTIONS, **{
 })
 
 
+# The reference UFTPD garbles encrypted data over several streams (both ways) and
+# closes without a reply to QUIT (which uftpc requires): such tests assert our
+# daemon where the reference differs.
+beyond = pytest.mark.beyond_reference
+
+
+def streams_of(opts):
+    return int(opts[opts.index("-n") + 1]) if "-n" in opts else 1
+
+
+def ref_marked(options, also=()):
+    """Option ids as params, beyond_reference on multi-stream encryption (and `also`)."""
+    return [pytest.param(o, marks=beyond) if o in also or (streams_of(options[o][0]) > 1
+                                                          and "-E" in options[o][0])
+            else o for o in options]
+
+
 def is_multistream_codec(opts):
-    n = int(opts[opts.index("-n") + 1]) if "-n" in opts else 1
-    return n > 1 and ("-C" in opts or "-E" in opts)
+    return streams_of(opts) > 1 and ("-C" in opts or "-E" in opts)
 
 
 def sized_files(site, sizes, sub=""):
@@ -207,10 +223,11 @@ def test_info_raw_document(auth, psite):
     assert entry["uid"] == psite.user.name and entry["status"] == "OK"
 
 
+@beyond  # the reference greets with "UFTPD DEV", which pyuftp cannot parse
 def test_info_connect_logs_in_and_lists(auth, psite):
     """`info -C` authenticates at href, logs in and opens a data connection."""
     greeting = psite.connect().greeting.last
-    version = re.match(r"220 UFTPD (\d+\.\d+\.\d+),", greeting).group(1)
+    version = re.search("220 UFTPD (.*),.*", greeting).group(1)  # as pyuftp parses it
     r = pyuftp("info", "-C", auth.url(SERVER))
     assert f"Connected to UFTPD '{SERVER}' at {LOOPBACK}:{psite.port}" in r.out, r
     assert f"UTFPD server version {version}" in r.out, r
@@ -237,10 +254,13 @@ def test_unknown_server_is_404(auth, psite):
     assert r.code == 1 and "404" in r.out and "No such server" in r.out, r
 
 
+@beyond  # the reference accepts requests for unknown users and refuses the login
 def test_daemon_refusal_is_500_with_reply(psite):
-    """uftpd answers ERROR:: (root is never acted as): 500 `<server>: <reply>`."""
-    a = AuthServer({SERVER: psite.daemon}, {LOGIN: (PASSWORD, "root")}).start()
+    """uftpd answers ERROR:: (an unknown Unix user): 500 `<server>: <reply>`."""
+    a = AuthServer({SERVER: psite.daemon}, {LOGIN: (PASSWORD, "uftp-no-such-user")}).start()
     try:
+        status, doc = http("POST", a.url(SERVER).rstrip(":"), {})
+        assert status == 500 and doc["errorMessage"].startswith(f"{SERVER}: ERROR::"), doc
         r = pyuftp("ls", a.url(SERVER, f"{psite.base}/"), check=False)
     finally:
         a.stop()
@@ -299,9 +319,6 @@ def test_authserver_api(auth, psite):
                             (f"{auth.base_url}/rest/auth/OTHER", f"{LOGIN}:{PASSWORD}", 404)]:
         status, doc = http("POST", url, {}, user=user)
         assert status == code and doc["errorMessage"], (url, user, status, doc)
-    status, doc = http("POST", endpoint, {"encryptionKey": base64.b64encode(b"k" * 60).decode(),
-                                          "encryptionAlgorithm": "aes"})
-    assert status == 500 and doc["errorMessage"].startswith(f"{SERVER}: ERROR::"), doc
     # info
     status, doc = http("GET", f"{auth.base_url}/rest/auth")
     assert status == 200 and doc["client"]["dn"] == LOGIN and "version" in doc["server"]
@@ -341,7 +358,7 @@ def test_ls_subdirectory_and_client_ip(auth, psite):
 
 
 # ---------------------------------------------------------------- cp down and up
-@pytest.mark.parametrize("opt", list(OPTIONS))
+@pytest.mark.parametrize("opt", ref_marked(OPTIONS))
 def test_cp_download(auth, psite, opt):
     """One pyuftp run fetches every size (wildcard); byte-exact."""
     opts, env = OPTIONS[opt]
@@ -356,7 +373,8 @@ def test_cp_download(auth, psite, opt):
         assert all(r["streams"] == "8" for r in auth.transfers())
 
 
-@pytest.mark.parametrize("opt", [o for o in OPTIONS if is_multistream_codec(OPTIONS[o][0])])
+@pytest.mark.parametrize("opt", ref_marked({o: v for o, v in OPTIONS.items()
+                                            if is_multistream_codec(v[0])}))
 def test_cp_download_empty_file_multistream_codecs(auth, psite, opt):
     """An empty file over several streams with codecs: stream 0 ends at once and pyuftp
     closes the others before their trailers arrive; that is no failed transfer (this
@@ -369,7 +387,8 @@ def test_cp_download_empty_file_multistream_codecs(auth, psite, opt):
         assert out.read_bytes() == b""
 
 
-@pytest.mark.parametrize("opt", list(UP_OPTIONS))
+# (the reference takes ALLO for the compressed length: a gzip upload breaks)
+@pytest.mark.parametrize("opt", ref_marked(UP_OPTIONS, also={"C"}))
 def test_cp_upload(auth, psite, opt):
     """One pyuftp run uploads every size (local wildcard); byte-exact, owned by the user."""
     opts, env = UP_OPTIONS[opt]
@@ -387,7 +406,8 @@ def test_cp_upload(auth, psite, opt):
         assert p.stat().st_uid == psite.user.uid
 
 
-@pytest.mark.parametrize("opt", ["plain", "n4-C-E-blowfish", "n3-C-E-aes192"])
+@pytest.mark.parametrize("opt", ["plain", pytest.param("n4-C-E-blowfish", marks=beyond),
+                                 pytest.param("n3-C-E-aes192", marks=beyond)])
 def test_cp_round_trip_single_file_rename(auth, psite, opt):
     """Upload under another name, download it back under a third name."""
     opts, env = OPTIONS[opt]
@@ -401,8 +421,9 @@ def test_cp_round_trip_single_file_rename(auth, psite, opt):
     assert back.read_bytes() == data
 
 
-@pytest.mark.parametrize("opt", ["plain", "n4", "C", "n4-C-E-blowfish", "E-aes256",
-                                 "n2-E-aes128", "C-E-blowfish"])
+@pytest.mark.parametrize("opt", ["plain", "n4", "C", pytest.param("n4-C-E-blowfish", marks=beyond),
+                                 "E-aes256", pytest.param("n2-E-aes128", marks=beyond),
+                                 "C-E-blowfish"])
 def test_cp_upload_from_stdin(auth, psite, opt):
     """`cp - URL`: no ALLO, the daemon reads (and decodes) until every stream ends."""
     opts, env = UP_OPTIONS[opt]
@@ -416,7 +437,7 @@ def test_cp_upload_from_stdin(auth, psite, opt):
         assert psite.path(f"in{size}.bin").read_bytes() == data, f"{size} bytes from stdin"
 
 
-@pytest.mark.parametrize("opt", ["plain", "n4", "C", "n4-C-E-blowfish"])
+@pytest.mark.parametrize("opt", ["plain", "n4", "C", pytest.param("n4-C-E-blowfish", marks=beyond)])
 def test_cp_download_to_stdout(auth, psite, opt):
     opts, env = OPTIONS[opt]
     data = psite.put("f.bin", os.urandom(1_000_001))
@@ -437,7 +458,8 @@ def test_checksum(auth, psite):
 
 
 # ---------------------------------------------------------------- byte ranges (-B)
-@pytest.mark.parametrize("opt", ["plain", "n4", "n4-C-E-blowfish", "n2-C-E-aes128"])
+@pytest.mark.parametrize("opt", ["plain", "n4", pytest.param("n4-C-E-blowfish", marks=beyond),
+                                 pytest.param("n2-C-E-aes128", marks=beyond)])
 def test_cp_download_range(auth, psite, opt):
     """`-B a-b` (inclusive; pyuftp sends RANG a b+1) over streams and codecs."""
     opts, env = OPTIONS[opt]
@@ -448,7 +470,8 @@ def test_cp_download_range(auth, psite, opt):
     assert out.read_bytes() == data[1000:51000]
 
 
-@pytest.mark.parametrize("opt", ["plain", "n4", "n4-C-E-blowfish", "n2-C-E-aes128"])
+@pytest.mark.parametrize("opt", ["plain", "n4", pytest.param("n4-C-E-blowfish", marks=beyond),
+                                 pytest.param("n2-C-E-aes128", marks=beyond)])
 def test_cp_upload_range_in_place(auth, psite, opt):
     """`-B a-b-p`: local bytes [a, b] written at offset a of the remote file, no truncation."""
     opts, env = OPTIONS[opt]
@@ -501,6 +524,7 @@ def run_uftpc(site, secret, stack, n, *cmd):
     assert p.returncode == 0, p.stderr.decode("utf-8", "replace")[-2000:]
 
 
+@beyond
 @pytest.mark.parametrize("opt", list(SINGLE_ENCRYPTED))
 def test_uftpc_single_stream_encrypted_download(auth, psite, opt):
     """The path pyuftp gets wrong, with our client, on files pyuftp uploaded encrypted
@@ -537,6 +561,7 @@ def aes_padding_bug(size, n):
 AES_MULTI = [(size, n) for size in SIZES for n in (2, MAX_STREAMS)]
 
 
+@beyond
 @pytest.mark.parametrize("size,n", [
     pytest.param(size, n, marks=pytest.mark.xfail(strict=True, reason=(
         "pyuftp 1.1.1 bug: multi-stream AES download fails when stream 0 ends with a whole "
@@ -554,6 +579,7 @@ def test_pyuftp_multistream_aes_download(auth, psite, size, n):
     assert out.read_bytes() == data
 
 
+@beyond
 @pytest.mark.parametrize("size,n", AES_MULTI)
 @pytest.mark.parametrize("aes", [16, 24, 32])
 def test_uftpc_multistream_aes_download(psite, size, n, aes):
@@ -633,5 +659,5 @@ def test_pyuftp_recursive_download_of_directory_url(auth, psite):
 def test_cp_nested_file_by_path(auth, psite):
     files = remote_tree(psite)
     out = psite.work / "f"
-    pyuftp("cp", "-n", "4", "-C", "-E", auth.url(SERVER, f"{psite.base}/rd/x/f"), str(out))
+    pyuftp("cp", "-n", "4", "-C", auth.url(SERVER, f"{psite.base}/rd/x/f"), str(out))
     assert out.read_bytes() == files["x/f"]

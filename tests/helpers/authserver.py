@@ -172,14 +172,19 @@ class AuthServer:
 
     def info(self, login, unix_user):
         doc = {}
-        for name, daemon in self.servers.items():
+        try:
             pw = pwd.getpwnam(unix_user)
-            groups = sorted({grp.getgrgid(g).gr_name for g in os.getgrouplist(unix_user, pw.pw_gid)})
+            gid = grp.getgrgid(pw.pw_gid).gr_name
+            groups = sorted({grp.getgrgid(g).gr_name
+                             for g in os.getgrouplist(unix_user, pw.pw_gid)})
+        except KeyError:  # a mapping to an unknown user (uftpd will refuse it)
+            gid, groups = "", []
+        for name, daemon in self.servers.items():
             entry = {
                 "href": f"{self.base_url}/rest/auth/{name}",
                 "description": f"uftpd under test ({name})",
                 "uid": unix_user,
-                "gid": grp.getgrgid(pw.pw_gid).gr_name,
+                "gid": gid,
                 "availableGroups": groups,
                 "rateLimit": 0,
                 "reservations": [],
