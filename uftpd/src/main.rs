@@ -12,6 +12,7 @@ mod handover;
 mod jobs;
 mod logging;
 mod plugins;
+mod rcp_process;
 mod request;
 mod server;
 mod session;
@@ -72,6 +73,9 @@ enum Command {
     /// Internal: read a user's key files (started by the daemon).
     #[command(name = "__user-info", hide = true)]
     UserInfo,
+    /// Internal: a server-to-server copy (started by a session).
+    #[command(name = "__rcp", hide = true)]
+    Rcp,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<config::Config, String> {
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Session) => return session::run_process(),
         Some(Command::UserInfo) => return userinfo::run_process(),
+        Some(Command::Rcp) => return rcp_process::run_process(),
         Some(Command::CheckConfig) => return checkconfig::run(cli.config.as_ref()),
         _ => {}
     }

@@ -9,7 +9,8 @@
 //! Commands live in one file per family: [`cmd_fs`] (directories, rename,
 //! delete, times), [`cmd_info`] (FEAT, OPTS, listings on the control
 //! channel), [`cmd_xfer`] (data connections, ranges, RETR/STOR/APPE, LIST,
-//! HASH).
+//! HASH), [`cmd_sync`] (SYNC-TO-CLIENT/SERVER), [`archive`] (STOR in
+//! archive mode) and [`rcp`] (server-to-server copies).
 
 mod archive;
 mod cmd_fs;
@@ -22,6 +23,7 @@ pub mod listing;
 mod pam;
 pub mod paths;
 pub mod privdrop;
+mod rcp;
 pub mod transfer;
 
 use std::net::SocketAddr;
@@ -216,6 +218,7 @@ impl Parts {
             stack: self.stack,
             rename_from: None,
             peer: self.peer,
+            rcp: rcp::Copies::default(),
         }
     }
 }
@@ -240,6 +243,8 @@ pub struct Session {
     stack: CodecStack,
     rename_from: Option<Resolved>,
     peer: SocketAddr,
+    /// Server-to-server copies started by this session.
+    rcp: rcp::Copies,
 }
 
 impl std::fmt::Debug for Session {
@@ -552,6 +557,10 @@ impl Session {
             "HASH" => self.hash(arg),
             "SYNC-TO-CLIENT" => self.sync_to_client(arg),
             "SYNC-TO-SERVER" => self.sync_to_server(arg),
+            "SEND-FILE" => self.send_file(arg),
+            "RECEIVE-FILE" => self.receive_file(arg),
+            "RCP-STATUS" => self.rcp_status(arg),
+            "RCP-ABORT" => self.rcp_abort(arg),
             _ => self.ok_reply("502 Command not implemented."),
         }
     }
