@@ -831,7 +831,9 @@ OPENSSL_ALGOS = {
 
 
 def openssl_speed(alg, decrypt, secs):
-    argv = ["openssl", "speed", "-elapsed", "-seconds", str(secs), "-bytes", "16384"]
+    # no -elapsed: openssl then divides by its own CPU time, which is what
+    # one core can do whatever the neighbours on a shared machine are doing
+    argv = ["openssl", "speed", "-seconds", str(secs), "-bytes", "16384"]
     if decrypt:
         argv.append("-decrypt")
     argv += OPENSSL_ALGOS[alg]
@@ -897,39 +899,62 @@ def measure_limits(env, R):
 # --------------------------------------------------------------------------
 # cases
 
-def transfer_case(env, server, make_argv, nbytes, reps, cleanup=None, check=None):
-    """Runs a client reps times, server CPU from its cgroup."""
-    rates, cpus, ccpus, errors, notes = [], [], [], 0, []
-    for _ in range(reps):
-        if cleanup:
-            cleanup()
-        argv = make_argv()
+class Job:
+    """One measured configuration: a client command against a server."""
+
+    def __init__(self, key, server, make_argv, nbytes, cleanup=None, check=None, label=""):
+        self.key, self.server, self.make_argv, self.nbytes = key, server, make_argv, nbytes
+        self.cleanup, self.check, self.label = cleanup, check, label
+        self.rates, self.cpus, self.ccpus, self.errors, self.notes = [], [], [], 0, []
+        self.dead = False
+
+    def run_once(self):
+        if self.dead:
+            return
+        server, nbytes = self.server, self.nbytes
+        if self.cleanup:
+            self.cleanup()
+        argv = self.make_argv()
         mark = server.log_size()
         c0 = server.cpu()
         r = run_client(argv)
         c1 = server.cpu()
-        ok = r["rc"] == 0 and (check(r) if check else True)
+        ok = r["rc"] == 0 and (self.check(r) if self.check else True)
         if not ok and server.kind == "pyuftpd" and "connection closed by the server" in r["err"]:
             # the Python UFTPD closes on QUIT without a reply, which uftpc
             # reports as an error after a complete transfer: accept the run
             # when the server logged the transfer with the full byte count
             ok = nbytes in server.usage_bytes(mark)
+        if self.cleanup:
+            self.cleanup()
         if not ok:
-            errors += 1
-            notes.append((r["err"] or r["out"]).strip()[:200])
-            if not rates:
-                break  # a configuration that fails at once fails every time
-            continue
-        rates.append(nbytes / MiB / r["wall"])
-        cpus.append((c1 - c0) / (nbytes / GiB))
-        ccpus.append(r["cpu"] / (nbytes / GiB))
-    if cleanup:
-        cleanup()
-    res = {"rates": rates, "cpu_gib": med(cpus), "client_cpu_gib": med(ccpus), "errors": errors}
-    if notes:
-        res["note"] = notes[0]
-        log(f"  {server.label}: {errors} failed run(s): {notes[0]}")
-    return res
+            self.errors += 1
+            self.notes.append((r["err"] or r["out"]).strip()[:200])
+            log(f"  {server.label} {self.label}: failed: {self.notes[-1]}")
+            if not self.rates:
+                self.dead = True  # a configuration that fails at once fails every time
+            return
+        self.rates.append(nbytes / MiB / r["wall"])
+        self.cpus.append((c1 - c0) / (nbytes / GiB))
+        self.ccpus.append(r["cpu"] / (nbytes / GiB))
+
+    def result(self):
+        res = {"rates": self.rates, "cpu_gib": med(self.cpus), "cpus": self.cpus,
+               "client_cpu_gib": med(self.ccpus), "errors": self.errors}
+        if self.notes:
+            res["note"] = self.notes[0]
+        return res
+
+
+def run_jobs(jobs, reps, out):
+    """Runs every job `reps` times, interleaved (A B C A B C ...), so that a
+    change of the machine's load hits every server alike."""
+    for rep in range(reps):
+        log(f"  round {rep + 1}/{reps}: {len(jobs)} configurations")
+        for j in jobs:
+            j.run_once()
+    for j in jobs:
+        out[j.key] = j.result()
 
 
 def size_check(expected):
@@ -970,17 +995,16 @@ def case1(env, R):
     out = {}
     servers = start_servers(env)
     try:
+        jobs = []
         for s in servers:
             name = f"up-{s.kind}.bin"
-            log(f"  {s.label} download")
-            out[(s.kind, "down")] = transfer_case(
-                env, s, lambda s=s: curl_get(s, s.announce(), "big.bin"), env.big_size,
-                env.reps, check=size_check(env.big_size))
-            log(f"  {s.label} upload")
-            out[(s.kind, "up")] = transfer_case(
-                env, s, lambda s=s, name=name: curl_put(s, s.announce(), env.data / "big.bin", name),
-                env.big_size, env.reps, cleanup=up_cleanup(s, name),
-                check=size_check(env.big_size))
+            jobs.append(Job((s.kind, "down"), s, lambda s=s: curl_get(s, s.announce(), "big.bin"),
+                            env.big_size, check=size_check(env.big_size), label="download"))
+            jobs.append(Job((s.kind, "up"), s,
+                            lambda s=s, name=name: curl_put(s, s.announce(), env.data / "big.bin", name),
+                            env.big_size, cleanup=up_cleanup(s, name),
+                            check=size_check(env.big_size), label="upload"))
+        run_jobs(jobs, env.reps, out)
     finally:
         stop_all(servers)
     R["case1"] = out
@@ -991,17 +1015,17 @@ def case2(env, R):
     out = {}
     servers = start_servers(env, want_vsftpd=False)
     try:
+        jobs = []
         for s in servers:
+            name = f"up-{s.kind}.bin"
             for n in (1, 2, 4):
-                name = f"up-{s.kind}.bin"
-                log(f"  {s.label} {n} stream(s)")
-                out[(s.kind, n, "down")] = transfer_case(
-                    env, s, lambda s=s, n=n: uftpc(s, s.announce(), ["get", "big.bin", "/dev/null"], n),
-                    env.big_size, env.reps)
-                out[(s.kind, n, "up")] = transfer_case(
-                    env, s, lambda s=s, n=n, name=name: uftpc(
-                        s, s.announce(), ["put", str(env.data / "big.bin"), name], n),
-                    env.big_size, env.reps, cleanup=up_cleanup(s, name))
+                jobs.append(Job((s.kind, n, "down"), s, lambda s=s, n=n: uftpc(
+                    s, s.announce(), ["get", "big.bin", "/dev/null"], n), env.big_size,
+                    label=f"{n} stream(s) download"))
+                jobs.append(Job((s.kind, n, "up"), s, lambda s=s, n=n, name=name: uftpc(
+                    s, s.announce(), ["put", str(env.data / "big.bin"), name], n), env.big_size,
+                    cleanup=up_cleanup(s, name), label=f"{n} stream(s) upload"))
+        run_jobs(jobs, env.reps, out)
     finally:
         stop_all(servers)
     R["case2"] = out
@@ -1024,14 +1048,15 @@ def case3(env, R):
     size = env.codec_size
     try:
         for label, klen, algo, gz_aes in CODECS:
+            log(f"  codec {label}")
             compress = gz_aes or label == "gzip"
+            jobs = []
             for s in servers:
+                name = f"up-{s.kind}.bin"
                 for n in (1, 4):
                     for d in ("down", "up"):
-                        key = os.urandom(klen) if klen else None
-                        kw = dict(streams=n, key=key, algo=algo, compress=compress)
-                        name = f"up-{s.kind}.bin"
-                        log(f"  {s.label} {label} {n} stream(s) {d}")
+                        kw = dict(streams=n, key=os.urandom(klen) if klen else None, algo=algo,
+                                  compress=compress)
                         if d == "down":
                             def argv(s=s, kw=kw):
                                 return uftpc(s, s.announce(**kw), ["get", "semi.bin", "/dev/null"], **kw)
@@ -1041,8 +1066,9 @@ def case3(env, R):
                                 return uftpc(s, s.announce(**kw),
                                              ["put", str(env.data / "semi.bin"), name], **kw)
                             cl = up_cleanup(s, name)
-                        out[(s.kind, label, n, d)] = transfer_case(env, s, argv, size,
-                                                                   env.codec_reps, cleanup=cl)
+                        jobs.append(Job((s.kind, label, n, d), s, argv, size, cleanup=cl,
+                                        label=f"{label} {n} stream(s) {d}"))
+            run_jobs(jobs, env.codec_reps, out)
     finally:
         stop_all(servers)
     R["case3"] = out
@@ -1254,6 +1280,46 @@ def sync_supported(server):
         c.close()
 
 
+SYNC_CHANGES = 10
+SYNC_CHANGE_LEN = 4096
+
+
+def make_sync_files(env):
+    """old: the first sync_size bytes of big.bin; new: old with SYNC_CHANGES
+    scattered 4 KiB pieces overwritten (at evenly spread, odd offsets)."""
+    old, new = env.work / "sync-old.bin", env.work / "sync-new.bin"
+    for p in (old, new):
+        with open(env.data / "big.bin", "rb") as src, open(p, "wb") as dst:
+            left = env.sync_size
+            while left:
+                b = src.read(min(left, 16 * MiB))
+                if not b:  # big.bin smaller than the sync file: repeat it
+                    src.seek(0)
+                    continue
+                dst.write(b)
+                left -= len(b)
+    rng = random.Random(7)
+    with open(new, "r+b") as f:
+        for i in range(SYNC_CHANGES):
+            f.seek(i * env.sync_size // SYNC_CHANGES + rng.randrange(1, env.sync_size // (2 * SYNC_CHANGES)))
+            f.write(rng.randbytes(SYNC_CHANGE_LEN))
+    for p in (old, new):
+        os.chmod(p, 0o644)
+    shutil.copyfile(new, env.data / "sync-new.bin")
+    os.chmod(env.data / "sync-new.bin", 0o644)
+    return old, new
+
+
+def parse_sync(err):
+    m = re.search(r"sync: (\d+) bytes, block size (\d+), (\d+) old blocks, (\d+) matched, "
+                  r"(\d+) literal bytes, (\d+) records, sent (\d+) bytes, received (\d+) bytes", err)
+    if not m:
+        return None
+    v = [int(x) for x in m.groups()]
+    return {"size": v[0], "block": v[1], "matched": v[3], "literal": v[4],
+            "wire": v[6] + v[7]}
+
+
 def case7(env, R):
     log("case 7: sync")
     servers = [Uftpd(env).start()]
@@ -1265,8 +1331,75 @@ def case7(env, R):
         R["case7"] = {"skipped": f"uftpd answers SYNC-TO-CLIENT with '{text}': sync not implemented yet"}
         log("  skipped: " + R["case7"]["skipped"])
         return
-    R["case7"] = {"skipped": "uftpd implements sync, but this driver has no sync client yet "
-                  "(bench/driver.py case7): add one"}
+    old, new = make_sync_files(env)
+    out = {}
+    servers = start_servers(env, want_vsftpd=False)
+    try:
+        for s in servers:
+            for d in ("to-client", "to-server"):
+                local = env.work / "sync-local.bin"
+                target = env.data / f"sync-target-{s.kind}.bin"
+
+                def reset(d=d, local=local, target=target):
+                    if d == "to-client":
+                        shutil.copyfile(old, local)
+                    else:
+                        shutil.copyfile(old, target)
+                        os.chmod(target, 0o644)
+                        if os.geteuid() == 0:
+                            pw = pwd.getpwnam(env.user)
+                            os.chown(target, pw.pw_uid, pw.pw_gid)
+
+                rates, cpus, wires, errors, note = [], [], [], 0, None
+                log(f"  {s.label} sync-{d}")
+                # the Python UFTPD's pure-Python leader takes minutes per GiB: one run
+                for _ in range(1 if s.kind == "pyuftpd" else env.codec_reps):
+                    reset()
+                    secret = s.announce()
+                    args = (["sync-to-client", "sync-new.bin", str(local)] if d == "to-client"
+                            else ["sync-to-server", str(new), target.name])
+                    c0 = s.cpu()
+                    r = run_client(uftpc(s, secret, args))
+                    cpu = s.cpu() - c0
+                    st = parse_sync(r["err"])
+                    good = st is not None and (r["rc"] == 0 or "connection closed by the server" in r["err"])
+                    if good:
+                        check = local if d == "to-client" else target
+                        good = check.stat().st_size == env.sync_size and \
+                            _same_file(check, new)
+                    if not good:
+                        errors += 1
+                        note = note or (r["err"].strip()[-200:] or "result differs from the new file")
+                        break
+                    rates.append(env.sync_size / MiB / r["wall"])
+                    cpus.append(cpu)
+                    wires.append(st["wire"])
+                out[(s.kind, d)] = {"rates": rates, "secs": med([env.sync_size / MiB / x for x in rates]),
+                                    "cpu_s": med(cpus), "wire": med(wires), "errors": errors,
+                                    "note": note}
+                if note:
+                    log(f"  {s.label}: sync-{d} failed: {note}")
+                for p in (local, target):
+                    try:
+                        p.unlink()
+                    except FileNotFoundError:
+                        pass
+    finally:
+        stop_all(servers)
+        for p in (old, new):
+            p.unlink()
+    out["size"] = env.sync_size
+    R["case7"] = out
+
+
+def _same_file(a, b):
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(16 * MiB), fb.read(16 * MiB)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 # --------------------------------------------------------------------------
@@ -1315,6 +1448,10 @@ def write_report(env, R, path):
     info = R["machine"]
     lines = []
     w = lines.append
+    if env.smoke:
+        w("**SMOKE RUN** (`--smoke`): tiny files, one repetition; it checks that the benchmark "
+          "works, its figures are not measurements.")
+        w("")
     w(f"Run of {R['date']} on `{platform.node()}`: {info.get('nproc')} cores ({info.get('cpu', '?')}), "
       f"{info.get('mem', '?')} RAM, kernel {info.get('kernel')}.")
     w("")
@@ -1344,6 +1481,15 @@ def write_report(env, R, path):
           f"{100 * l['steal'] / t:.1f} |")
     w("")
 
+    trows = targets(env, R)
+    if trows:
+        w("### Targets of issue 8 on this run")
+        w("")
+        w("| target | measured | verdict |")
+        w("|---|---|---|")
+        for t, meas, v in trows:
+            w(f"| {t} | {meas} | {v} |")
+        w("")
     L = R.get("limits")
     if L:
         w("### Limits of the machine")
@@ -1496,11 +1642,115 @@ def write_report(env, R, path):
         w("")
     c7 = R.get("case7")
     if c7:
-        w("### Case 7: sync")
+        w("### Case 7: sync (rsync-style), uftpc")
         w("")
-        w(f"Skipped: {c7['skipped']}" if c7.get("skipped") else "")
+        if c7.get("skipped"):
+            w(f"Skipped: {c7['skipped']}")
+        else:
+            size = c7["size"]
+            w(f"A {size >> 20} MiB file with {SYNC_CHANGES} scattered changed pieces of "
+              f"{SYNC_CHANGE_LEN} bytes; bytes on the wire = sync protocol bytes both ways "
+              f"(checksums + records + literals); time of the whole client run "
+              f"(median of {env.codec_reps} for uftpd, one run for the Python UFTPD).")
+            w("")
+            w("| direction | server | time s | MiB/s of file | bytes on the wire | wire/file | server CPU s | errors |")
+            w("|---|---|---|---|---|---|---|---|")
+            for d in ("to-client", "to-server"):
+                for k, lab in kinds:
+                    r = c7.get((k, d))
+                    if r:
+                        if not r["rates"]:
+                            w(f"| sync-{d} | {lab} | fails: {r['note']} | | | | | {r['errors']} |")
+                            continue
+                        w(f"| sync-{d} | {lab} | {fmt(r['secs'], 2)} | {fmt_rate(r)} | {fmt(r['wire'])} | "
+                          f"{r['wire'] / size:.4f} | {fmt(r['cpu_s'], 2)} | {r['errors']} |")
         w("")
     return "\n".join(lines)
+
+
+def targets(env, R):
+    """The targets of issue 8, evaluated on this run: (target, measured, verdict)."""
+    rows = []
+    m = lambda r: med(r["rates"]) if r and r.get("rates") else None  # noqa: E731
+    yes = lambda ok: "n/a" if ok is None else ("met" if ok else "**missed**")  # noqa: E731
+    L = R.get("limits") or {}
+    c1 = R.get("case1") or {}
+    for d, dl in (("down", "download"), ("up", "upload")):
+        u, v = c1.get(("uftpd", d)), c1.get(("vsftpd", d))
+        lim_r = m(L.get("loop_down" if d == "down" else "loop_up"))
+        if u:
+            rows.append((f"plain 1 stream {dl} (curl) ≥ vsftpd",
+                         f"{fmt(m(u))} vs {fmt(m(v))} MiB/s",
+                         yes(None if not v or m(v) is None or m(u) is None else m(u) >= m(v))))
+            rows.append((f"plain 1 stream {dl} ≥ 90% of loopback",
+                         f"{ratio(m(u), lim_r)} of {fmt(lim_r)} MiB/s",
+                         yes(None if not lim_r or m(u) is None else m(u) >= 0.9 * lim_r)))
+            rows.append((f"plain 1 stream {dl}: CPU/GiB ≤ vsftpd",
+                         f"{fmt(u['cpu_gib'], 2)} vs {fmt(v and v['cpu_gib'], 2)} s/GiB",
+                         yes(None if not v or v.get("cpu_gib") is None or u.get("cpu_gib") is None
+                             else u["cpu_gib"] <= v["cpu_gib"])))
+    c2 = R.get("case2") or {}
+    for d, dl in (("down", "download"), ("up", "upload")):
+        u1, u4 = c2.get(("uftpd", 1, d)), c2.get(("uftpd", 4, d))
+        if u1 and u4 and m(u1) and m(u4):
+            rows.append((f"plain 4 streams {dl} ≥ 1 stream", f"{fmt(m(u4))} vs {fmt(m(u1))} MiB/s",
+                         yes(m(u4) >= m(u1))))
+            rows.append((f"plain 4 streams {dl}: CPU/GiB ≤ 1.2× 1 stream",
+                         f"{fmt(u4['cpu_gib'], 2)} vs {fmt(u1['cpu_gib'], 2)} s/GiB "
+                         f"({ratio(u4['cpu_gib'], u1['cpu_gib'])}×)",
+                         yes(u4["cpu_gib"] <= 1.2 * u1["cpu_gib"])))
+    c3 = R.get("case3") or {}
+    for label in ("Blowfish", "AES-128", "AES-256"):
+        for d, dl in (("down", "download"), ("up", "upload")):
+            u1, u4 = c3.get(("uftpd", label, 1, d)), c3.get(("uftpd", label, 4, d))
+            sop, e2e = codec_limit(R, label, d)
+            if not u1 or not m(u1):
+                continue
+            # one stream's ceiling is the serial cipher: the server's
+            # encryption on downloads, the client's on uploads
+            rows.append((f"{label} 1 stream {dl} ≥ 80% of the serial cipher's 1-core speed",
+                         f"{ratio(m(u1), e2e)} ({fmt(m(u1))} of {fmt(e2e)} MiB/s)",
+                         yes(None if not e2e else m(u1) >= 0.8 * e2e)))
+            if u4 and m(u4):
+                rows.append((f"{label} 4 streams {dl} ≥ 1.6× 1 stream", f"{ratio(m(u4), m(u1))}×",
+                             yes(m(u4) >= 1.6 * m(u1))))
+            if sop:
+                cost = 1024 / sop
+                rows.append((f"{label} 1 stream {dl}: CPU/GiB ≤ 1.3× the cipher's cost",
+                             f"{fmt(u1['cpu_gib'], 2)} vs {fmt(cost, 2)} s/GiB ({ratio(u1['cpu_gib'], cost)}×)",
+                             yes(u1["cpu_gib"] <= 1.3 * cost)))
+    for d, dl, want in (("down", "download", 5), ("up", "upload", 2)):
+        u, p = c3.get(("uftpd", "gzip", 1, d)), c3.get(("pyuftpd", "gzip", 1, d))
+        if u and m(u):
+            rows.append((f"gzip 1 stream {dl} ≥ {want}× Python UFTPD", f"{ratio(m(u), m(p))}× "
+                         f"({fmt(m(u))} vs {fmt(m(p))} MiB/s)",
+                         yes(None if not p or not m(p) else m(u) >= want * m(p))))
+    c4 = R.get("case4") or {}
+    u, p, v = c4.get(("uftpd", "seq")), c4.get(("pyuftpd", "seq")), c4.get(("vsftpd", "seq"))
+    if u:
+        rows.append(("sessions/s ≥ 5× Python UFTPD (sequential)",
+                     f"{ratio(u['per_s'], p and p['per_s'])}×", yes(None if not p else u["per_s"] >= 5 * p["per_s"])))
+        rows.append(("session median latency ≤ 1.5× vsftpd",
+                     f"{fmt(u['median_ms'], 1)} vs {fmt(v and v['median_ms'], 1)} ms",
+                     yes(None if not v else u["median_ms"] <= 1.5 * v["median_ms"])))
+    uc = c4.get(("uftpd", "conc"))
+    c6 = (R.get("case6") or {}).get("uftpd")
+    if uc or c6:
+        errs = (uc["errors"] if uc else 0) + (c6["errors"] if c6 else 0)
+        rows.append(("200 concurrent sessions without errors",
+                     f"{errs} errors (case 4 concurrent + case 6)", yes(errs == 0)))
+    if c6:
+        sm = c6["session"]
+        rows.append(("idle session < 8 MiB RSS and < 2 MiB private",
+                     f"{sm['rss_kib'] / 1024:.1f} MiB RSS, {sm['private_kib'] / 1024:.1f} MiB private",
+                     yes(sm["rss_kib"] < 8 * 1024 and sm["private_kib"] < 2 * 1024)))
+    lk = c4.get(("uftpd", "leak"))
+    if lk:
+        grow = lk["rss1_kib"] - lk["rss0_kib"]
+        rows.append((f"daemon memory and descriptors flat after {lk['sessions']} sessions",
+                     f"RSS {grow:+d} KiB, fds {lk['fd1'] - lk['fd0']:+d}",
+                     yes(grow < 1024 and lk["fd1"] <= lk["fd0"])))
+    return rows
 
 
 BEGIN = "<!-- BEGIN GENERATED by bench/run: do not edit between these markers -->"
@@ -1576,12 +1826,14 @@ def main():
         env.reps = env.codec_reps = 1
         env.seq_sessions, env.conc_sessions, env.leak_sessions, env.many = 10, 10, 40, 5
         env.flood_secs = 0.5
+        env.sync_size = 8 * MiB
     else:
         env.big_size, env.codec_size, env.many_size = 2 * GiB, 256 * MiB, 16 * MiB
         env.reps = reps or 5
         env.codec_reps = reps or 3
         env.seq_sessions, env.conc_sessions, env.leak_sessions, env.many = 500, 200, 10000, 200
         env.flood_secs = 5.0
+        env.sync_size = 1 * GiB
     e = os.environ.get
     env.big_size = int(e("BENCH_BIG_MIB", env.big_size >> 20)) * MiB
     env.codec_size = int(e("BENCH_CODEC_MIB", env.codec_size >> 20)) * MiB
@@ -1589,6 +1841,7 @@ def main():
     env.conc_sessions = int(e("BENCH_CONC", env.conc_sessions))
     env.leak_sessions = int(e("BENCH_LEAK", env.leak_sessions))
     env.many = int(e("BENCH_MANY", env.many))
+    env.sync_size = int(e("BENCH_SYNC_MIB", env.sync_size >> 20)) * MiB
     cases = os.environ.get("BENCH_CASES", "limits,1,2,3,4,5,6,7").split(",")
     cases = [c.strip() for c in cases if c.strip()]
 
