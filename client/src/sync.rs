@@ -65,8 +65,9 @@ pub const MIN_BLOCK_SIZE: u32 = 512;
 /// more than 1000 blocks rather than huge blocks).
 pub const MAX_DEFAULT_BLOCK_SIZE: u32 = 64 << 20;
 
-/// Largest block size accepted from a peer (bounds the leader's memory).
-pub const MAX_BLOCK_SIZE: u32 = 256 << 20;
+/// Largest block size accepted from a peer (bounds the leader's memory
+/// to about twice this).
+pub const MAX_BLOCK_SIZE: u32 = MAX_DEFAULT_BLOCK_SIZE;
 
 /// Bytes of one block checksum on the wire: `u64 weak` + 16-byte MD5.
 pub const SUM_LEN: u64 = 24;
@@ -863,6 +864,15 @@ mod tests {
             BlockSums::read_from(&mut &[0u8, 0, 0, 0, 0, 0, 0, 0][..]),
             Err(SyncError::Protocol(_))
         ));
+        let mut huge = (MAX_BLOCK_SIZE + 1).to_be_bytes().to_vec();
+        huge.extend_from_slice(&[0, 0, 0, 0]);
+        assert!(
+            matches!(
+                BlockSums::read_from(&mut &huge[..]),
+                Err(SyncError::Protocol(_))
+            ),
+            "a block size that would cost the leader too much memory"
+        );
     }
 
     fn roundtrip(old: &[u8], new: &[u8], bs: u32) -> (SyncStats, SyncStats) {
