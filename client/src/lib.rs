@@ -783,4 +783,44 @@ mod tests {
         assert!(!f.is_dir);
         assert!(FileInfo::parse_stat_line("garbage").is_none());
     }
+
+    /// A server that greets, accepts any login and lists `features`.
+    fn fake_server(features: &'static [&'static str]) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            let Ok((s, _)) = l.accept() else { return };
+            let mut w = s.try_clone().expect("clone");
+            let mut r = BufReader::new(s);
+            let _ = w.write_all(b"220 UFTPD 3.5.0, fake\r\n");
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                let reply = match line.split(' ').next().unwrap_or("").trim() {
+                    "USER" => "331 Please specify the password\r\n".to_string(),
+                    "PASS" => "230 Login successful\r\n".to_string(),
+                    "FEAT" => {
+                        let mut f = String::from("211-Features:\r\n");
+                        for x in features {
+                            f.push_str(&format!(" {x}\r\n"));
+                        }
+                        f + "211 END\r\n"
+                    }
+                    _ => "221 Goodbye\r\n".to_string(),
+                };
+                let _ = w.write_all(reply.as_bytes());
+                line.clear();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn rang_ends_follow_feat() {
+        let legacy = fake_server(&["PASV", "RANG STREAM"]);
+        let c = Client::connect(&legacy, "s", ClientOptions::default()).expect("login");
+        assert_eq!(c.rang_command(10, 90), "RANG 10 100", "exclusive end");
+        let rfc = fake_server(&["PASV", "RFC_RANG"]);
+        let c = Client::connect(&rfc, "s", ClientOptions::default()).expect("login");
+        assert_eq!(c.rang_command(10, 90), "RANG 10 99", "inclusive end");
+    }
 }
