@@ -21,10 +21,11 @@ use crate::handover::SessionSettings;
 use crate::jobs::JobStore;
 
 /// Concurrent command-port connections served; more wait in the backlog.
-const MAX_CMD_CONNECTIONS: usize = 256;
+const MAX_CMD_CONNECTIONS: usize = 1024;
 /// Concurrent command-port connections from one address: a single host
-/// stalling TLS handshakes cannot take every slot.
-const MAX_CMD_PER_PEER: u32 = 32;
+/// stalling TLS handshakes cannot take every slot, while a busy Auth
+/// server (one address) still gets plenty.
+const MAX_CMD_PER_PEER: u32 = 256;
 /// Concurrent FTP connections in the login dialogue (sessions that logged
 /// in no longer count).
 const MAX_LOGINS: usize = 1024;
@@ -264,6 +265,20 @@ fn spawn_accept_loop(
     });
 }
 
+/// Raises the soft limit of open files to the hard limit: every session
+/// in the login dialogue and every command-port peer holds a descriptor.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        // Session processes inherit the raised limit, which is harmless.
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::debug!("cannot raise the open-files limit to {hard}: {e}");
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
 pub fn run(config: Config) -> Result<(), String> {
     let privileged = nix::unistd::Uid::effective().is_root();
@@ -274,6 +289,7 @@ pub fn run(config: Config) -> Result<(), String> {
     if !exe.exists() {
         return Err("/proc/self/exe is not available: uftpd needs /proc".into());
     }
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
