@@ -52,11 +52,21 @@ def uftpd_bin():
     return pathlib.Path(os.environ.get("UFTPD_BIN", REPO / "target" / "release" / "uftpd"))
 
 
+_GIVEN_PORTS = set()
+
+
 def free_port(host=LOOPBACK):
-    """A TCP port that is free right now (outside the data-port ranges we use)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that is free right now (outside the data-port ranges we use),
+    never the same twice in one test run (two ports asked for before either is
+    bound, e.g. CMD_PORT and SERVER_PORT, must differ)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no fresh free port found")
 
 
 def port_is_free(port):

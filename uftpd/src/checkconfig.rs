@@ -287,7 +287,7 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
             r.error(CMD, msg);
         }
     }
-    if allow_insecure {
+    if allow_insecure && cfg.ssl_conf.is_none() {
         r.warn(
             CMD,
             "ALLOW_INSECURE_COMMAND_PORT=true: remote peers may use a plain-text command port",

@@ -215,6 +215,15 @@ enum Service {
     Ftp,
 }
 
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Service::Command => "Command",
+            Service::Ftp => "FTP",
+        })
+    }
+}
+
 fn spawn_accept_loop(
     listener: TcpListener,
     service: Service,
@@ -239,7 +248,7 @@ fn spawn_accept_loop(
             };
             let Some(peer_slot) = per_peer.try_acquire(peer.ip().to_canonical()) else {
                 tracing::warn!(
-                    "{service:?} port: {} has {} connections in progress already, closing this one",
+                    "{service} port: {} has {} connections in progress already, closing this one",
                     peer.ip(),
                     per_peer.max
                 );
@@ -417,16 +426,10 @@ pub fn run(config: Config) -> Result<(), String> {
 pub(crate) fn check_plaintext_binding(
     config: &Config,
     privileged: bool,
-    lookup: &dyn Fn(&str) -> Option<String>,
+    lookup: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<(), String> {
-    let override_set = lookup("ALLOW_INSECURE_COMMAND_PORT")
-        .map(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "yes" | "true" | "on"
-            )
-        })
-        .unwrap_or(false);
+    let override_set =
+        auth_api::Settings::new(lookup).get_bool("ALLOW_INSECURE_COMMAND_PORT", false)?;
     if !privileged || override_set {
         return Ok(());
     }
