@@ -591,10 +591,15 @@ def fmt(v, nd=0, unit=""):
     return f"{v:,.{nd}f}{unit}"
 
 
+def cell(text):
+    """Text safe inside a Markdown table cell."""
+    return " ".join(str(text).replace("|", "/").split())
+
+
 def fmt_rate(r):
     """'1234 ±5%' from a result dict with rates list."""
     if not r or not r.get("rates"):
-        return r.get("note", "–") if r else "–"
+        return "fails: " + cell(r.get("note", "–")) if r and r.get("note") else "–"
     s = spread(r["rates"])
     txt = f"{med(r['rates']):,.0f}"
     if s is not None:
@@ -1455,7 +1460,8 @@ def write_report(env, R, path):
     w(f"Run of {R['date']} on `{platform.node()}`: {info.get('nproc')} cores ({info.get('cpu', '?')}), "
       f"{info.get('mem', '?')} RAM, kernel {info.get('kernel')}.")
     w("")
-    w(f"Source: commit {R.get('commit', '?')}.")
+    w(f"Source: repository at {R.get('commit', '?')}"
+      + (f"; binaries built from {R['build_rev']}" if R.get("build_rev") else "") + ".")
     w("")
     w(f"Command: `{R['command']}` (as {'root' if os.geteuid() == 0 else 'user'}; "
       f"UFTPD_REF={env.ref or 'unset: Python UFTPD column skipped'}; "
@@ -1660,7 +1666,7 @@ def write_report(env, R, path):
                     r = c7.get((k, d))
                     if r:
                         if not r["rates"]:
-                            w(f"| sync-{d} | {lab} | fails: {r['note']} | | | | | {r['errors']} |")
+                            w(f"| sync-{d} | {lab} | fails: {cell(r['note'])} | | | | | {r['errors']} |")
                             continue
                         w(f"| sync-{d} | {lab} | {fmt(r['secs'], 2)} | {fmt_rate(r)} | {fmt(r['wire'])} | "
                           f"{r['wire'] / size:.4f} | {fmt(r['cpu_s'], 2)} | {r['errors']} |")
@@ -1858,6 +1864,8 @@ def main():
         rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10).stdout.strip()
         R["commit"] = f"`{rev}`" if rev else "?"
+        if os.environ.get("BENCH_BUILD_REV"):  # where UFTPD_BIN/UFTPC_BIN were built
+            R["build_rev"] = f"`{os.environ['BENCH_BUILD_REV']}`"
     except (OSError, subprocess.SubprocessError):
         pass
     if not env.ref:
