@@ -47,6 +47,8 @@ pub struct SessionSettings {
     pub pam_module: String,
     /// Whether to switch to the job's identity (daemon runs as root).
     pub switch_user: bool,
+    /// gzip level for compressed data channels.
+    pub gzip_level: u32,
     /// Storage backend plugin name.
     pub storage_backend: String,
     /// Dynamic plugin libraries (PLUGINS), loaded by the session process
@@ -71,6 +73,7 @@ impl SessionSettings {
             open_user_sessions: c.open_user_sessions,
             pam_module: c.pam_module.clone(),
             switch_user,
+            gzip_level: c.gzip_level,
             storage_backend: c.storage_backend.clone(),
             plugins: c.plugins.clone(),
             file_vars: c.effective_file_vars(),

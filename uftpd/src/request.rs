@@ -180,15 +180,25 @@ pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
 
 impl TransferRequest {
     /// The codec stack of the data channel (encryption, compression), built
-    /// and validated from the request's key/algo/compress.
-    pub fn codec_stack(&self) -> Result<uftp_datachannel::CodecStack, String> {
+    /// and validated from the request's key/algo/compress; gzip compresses
+    /// at `gzip_level` (the wire format is the same at every level).
+    pub fn codec_stack(&self, gzip_level: u32) -> Result<uftp_datachannel::CodecStack, String> {
         let algo = self.key.as_ref().map(|k| k.algo.to_string());
-        uftp_datachannel::CodecStack::legacy(
+        let stack = uftp_datachannel::CodecStack::legacy(
             self.key.as_ref().map(|k| k.bytes.as_slice()),
             algo.as_deref(),
-            self.compress,
+            false,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        if !self.compress {
+            return Ok(stack);
+        }
+        stack
+            .with(
+                "gzip",
+                uftp_datachannel::CodecParams::new().with_option("level", gzip_level.to_string()),
+            )
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -284,7 +294,7 @@ pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, St
         access,
     };
     // A key of the wrong length is refused now, not at transfer time.
-    request.codec_stack()?;
+    request.codec_stack(crate::config::DEFAULT_GZIP_LEVEL)?;
     Ok(request)
 }
 

@@ -25,12 +25,13 @@ const MAX_CMD_CONNECTIONS: usize = 1024;
 /// Concurrent command-port connections from one address: a single host
 /// stalling TLS handshakes cannot take every slot, while a busy Auth
 /// server (one address) still gets plenty.
-const MAX_CMD_PER_PEER: u32 = 256;
+const MAX_CMD_PER_PEER: u32 = 512;
 /// Concurrent FTP connections in the login dialogue (sessions that logged
 /// in no longer count).
-const MAX_LOGINS: usize = 1024;
-/// Concurrent logins in progress from one address.
-const MAX_LOGINS_PER_PEER: u32 = 128;
+const MAX_LOGINS: usize = 4096;
+/// Concurrent logins in progress from one address (a login node or NAT
+/// gateway is one address for many users).
+const MAX_LOGINS_PER_PEER: u32 = 1024;
 
 /// Connections in progress per peer address.
 #[derive(Debug)]
