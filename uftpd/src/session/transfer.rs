@@ -178,6 +178,111 @@ pub fn send_file(
     Ok(sent)
 }
 
+/// Bytes moved per splice call (also the pipe size asked for).
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// How a zero-copy receive ended.
+enum Spliced {
+    /// All data arrived (end of stream or limit).
+    Done(u64),
+    /// The file cannot be spliced to (e.g. opened for appending); `0`
+    /// bytes so far went through, continue with read/write.
+    Unsupported(u64),
+}
+
+/// Moves data from the socket to the file through a pipe with splice(2):
+/// the bytes never enter user space.
+fn splice_loop(
+    sock: &TcpStream,
+    file: RawFd,
+    limit: Option<u64>,
+    mut rate: Option<&mut RateLimiter>,
+) -> Result<Spliced, TransferError> {
+    use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+    // SAFETY: the descriptor belongs to the WriteHandle, which the caller
+    // keeps borrowed for the whole call.
+    let file = unsafe { BorrowedFd::borrow_raw(file) };
+    let (pipe_r, pipe_w) = match nix::unistd::pipe2(OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(_) => return Ok(Spliced::Unsupported(0)),
+    };
+    // A bigger pipe means fewer calls; the default (64 KiB) still works.
+    let _ = fcntl(&pipe_w, FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK as i32));
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
+    let mut total = 0u64;
+    loop {
+        let mut want = SPLICE_CHUNK;
+        if let Some(l) = limit {
+            if total >= l {
+                break;
+            }
+            want = want.min(usize::try_from(l - total).unwrap_or(want));
+        }
+        if let Some(r) = rate.as_deref() {
+            want = want.min(r.chunk());
+        }
+        let n = match splice(sock.as_fd(), None, &pipe_w, None, want, flags) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EINVAL) if total == 0 => return Ok(Spliced::Unsupported(0)),
+            Err(e) => return Err(TransferError::Network(e.into())),
+        };
+        let mut left = n;
+        while left > 0 {
+            match splice(&pipe_r, None, file, None, left, flags) {
+                Ok(0) => {
+                    return Err(TransferError::File(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "file accepted no data",
+                    )));
+                }
+                Ok(m) => left -= m,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EINVAL) if total == 0 && left == n => {
+                    // The file cannot take spliced data: copy what is in
+                    // the pipe, and the caller goes on with read/write.
+                    copy_pipe(&pipe_r, file, left)?;
+                    return Ok(Spliced::Unsupported(n as u64));
+                }
+                Err(e) => return Err(TransferError::File(e.into())),
+            }
+        }
+        total += n as u64;
+        if let Some(r) = rate.as_deref_mut() {
+            r.take(n);
+        }
+    }
+    Ok(Spliced::Done(total))
+}
+
+/// Empties `len` bytes of a pipe into the file with read/write.
+fn copy_pipe(
+    pipe: &std::os::fd::OwnedFd,
+    file: BorrowedFd<'_>,
+    len: usize,
+) -> Result<(), TransferError> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match nix::unistd::read(pipe, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(m) => got += m,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(TransferError::File(e.into())),
+        }
+    }
+    let mut done = 0;
+    while done < got {
+        match nix::unistd::write(file, &buf[done..got]) {
+            Ok(m) => done += m,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(TransferError::File(e.into())),
+        }
+    }
+    Ok(())
+}
+
 /// Receives from `sock` into `file` until `limit` bytes or end of stream.
 /// Returns the bytes written.
 pub fn receive_file(
@@ -188,11 +293,17 @@ pub fn receive_file(
 ) -> Result<u64, TransferError> {
     let Params {
         buffer_size,
+        zero_copy,
         mut rate,
-        ..
     } = p;
-    let mut buf = vec![0u8; buffer_size.max(4096)];
     let mut total = 0u64;
+    if zero_copy && let Some(fd) = file.raw_fd() {
+        match splice_loop(sock, fd, limit, rate.as_deref_mut())? {
+            Spliced::Done(n) => return Ok(n),
+            Spliced::Unsupported(n) => total = n,
+        }
+    }
+    let mut buf = vec![0u8; buffer_size.max(4096)];
     loop {
         let mut want = buf.len();
         if let Some(l) = limit {
