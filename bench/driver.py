@@ -170,9 +170,24 @@ class CpuMeter:
                     time.sleep(0.1)
 
 
-def cleanup_cgroups():
-    for base in list(pathlib.Path("/sys/fs/cgroup").glob("uftpd-bench-*")) + \
-            list(pathlib.Path("/sys/fs/cgroup/cpuacct").glob("uftpd-bench-*")):
+def cgroup_bases(tag):
+    return [pathlib.Path("/sys/fs/cgroup") / f"uftpd-bench-{tag}",
+            pathlib.Path("/sys/fs/cgroup/cpuacct") / f"uftpd-bench-{tag}"]
+
+
+def cleanup_cgroups(tag=None):
+    """Kills what is left in THIS run's cgroups and removes them. Only this
+    run's (tag, default: the one cgroup_setup made): other benchmark runs
+    on the machine keep theirs."""
+    if tag is not None:
+        bases = cgroup_bases(tag)
+    elif CG_ROOT:
+        bases = [CG_ROOT[1]]
+    else:
+        return
+    for base in bases:
+        if not base.is_dir():
+            continue
         for sub in base.glob("*"):
             if sub.is_dir():
                 try:
@@ -288,6 +303,12 @@ class Server:
     def stop(self):
         if self.proc is None:
             return
+        try:  # keep the log: the work folder goes away at the end of the run
+            keep = pathlib.Path("/tmp/uftpd-bench-logs")
+            keep.mkdir(exist_ok=True)
+            shutil.copyfile(self.logfile, keep / f"{self.kind}-{self.proc.pid}.log")
+        except OSError:
+            pass
         pids = self.pids()
         if self.proc.poll() is None:
             try:
@@ -919,7 +940,16 @@ class Job:
         server, nbytes = self.server, self.nbytes
         if self.cleanup:
             self.cleanup()
-        argv = self.make_argv()
+        try:
+            argv = self.make_argv()  # announces the transfer
+        except (OSError, RuntimeError) as e:
+            state = ("running" if server.proc and server.proc.poll() is None
+                     else f"exited with code {server.proc.returncode if server.proc else '?'}")
+            self.errors += 1
+            self.notes.append(f"transfer request failed ({e}); {server.label} {state}")
+            log(f"  {server.label} {self.label}: {self.notes[-1]}\n{server.log_tail(15)}")
+            self.dead = True
+            return
         mark = server.log_size()
         c0 = server.cpu()
         r = run_client(argv)
@@ -1052,7 +1082,10 @@ def case3(env, R):
     servers = start_servers(env, want_vsftpd=False)
     size = env.codec_size
     try:
+        only = [c.strip() for c in os.environ.get("BENCH_CODECS", "").split(",") if c.strip()]
         for label, klen, algo, gz_aes in CODECS:
+            if only and label not in only:
+                continue
             log(f"  codec {label}")
             compress = gz_aes or label == "gzip"
             jobs = []
@@ -1790,7 +1823,8 @@ def main():
     if a.helper:
         return helper_main(a.helper)
     if a.cleanup:
-        cleanup_cgroups()
+        if os.environ.get("BENCH_TAG"):
+            cleanup_cgroups(os.environ["BENCH_TAG"])
         return 0
     if a.render:
         # re-render a saved run: driver.py --render /tmp/uftpd-bench-full.pickle
@@ -1855,7 +1889,7 @@ def main():
         raise KeyboardInterrupt(f"signal {sig}")
     signal.signal(signal.SIGTERM, on_signal)
 
-    cgroup_setup(os.getpid())
+    cgroup_setup(os.environ.get("BENCH_TAG") or os.getpid())
     if not CG_ROOT:
         log("no writable cgroup: server CPU is summed over its live process tree")
     R = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -1895,7 +1929,7 @@ def main():
         cleanup_cgroups()
     R["env"] = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(env).items()}
     import pickle
-    pick = pathlib.Path(f"/tmp/uftpd-bench-{'smoke' if env.smoke else 'full'}.pickle")
+    pick = pathlib.Path(f"/tmp/uftpd-bench-{'smoke' if env.smoke else 'full'}-{os.environ.get('BENCH_TAG') or os.getpid()}.pickle")
     try:
         pick.write_bytes(pickle.dumps(R))
     except OSError:
@@ -1912,7 +1946,7 @@ def main():
     except OSError:
         pass
     print(body)
-    log(f"report written to {out}; raw figures in {raw}")
+    log(f"report written to {out}; raw figures in {raw}; re-render with: bench/driver.py --render {pick}")
     return 0
 
 
