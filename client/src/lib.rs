@@ -3,8 +3,9 @@
 //! Log in with the one-time secret an Auth server handed out, then list,
 //! download and upload over passive data connections with optional
 //! multiple TCP streams (`NOOP n`), legacy encryption (BLOWFISH/AES) and
-//! gzip compression. Used by uftpd's tests, its benchmarks and its
-//! server-to-server copy.
+//! gzip compression, and uftpd's extension codecs (CHACHA20-POLY1305, zstd),
+//! which it uses only with a server whose FEAT offers them for the session.
+//! Used by uftpd's tests, its benchmarks and its server-to-server copy.
 //!
 //! ```no_run
 //! use uftp_client::{Client, ClientOptions};
@@ -25,7 +26,9 @@ use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use uftp_datachannel::{ChannelOptions, CodecStack, DataReader, DataWriter};
+use std::sync::Arc;
+
+use uftp_datachannel::{ChannelOptions, CodecParams, CodecStack, DataReader, DataWriter};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,50 @@ impl std::fmt::Display for Reply {
     }
 }
 
+/// Compression of the data streams, as the transfer request asked for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// No compression (`compress=false`).
+    #[default]
+    None,
+    /// gzip (`compress=true`), as every UFTPD.
+    Gzip,
+    /// zstd (`compress=zstd`), uftpd's extension: used only when the
+    /// server's FEAT lists `COMPRESS zstd`.
+    Zstd,
+}
+
+impl From<bool> for Compression {
+    /// `true` is gzip, as in a UFTPD 3.x transfer request.
+    fn from(gzip: bool) -> Self {
+        if gzip {
+            Compression::Gzip
+        } else {
+            Compression::None
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    /// `gzip`/`true`, `zstd`, `none`/`false` (any case).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "gzip" | "true" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            "none" | "false" => Ok(Compression::None),
+            _ => Err(format!("unknown compression '{s}' (gzip, zstd or none)")),
+        }
+    }
+}
+
+/// The `algo` of uftpd's authenticated encryption extension.
+pub const CHACHA20_POLY1305: &str = uftpd_chacha20poly1305::NAME;
+
+/// The FEAT line of a session compressed with zstd.
+pub const FEAT_COMPRESS_ZSTD: &str = "COMPRESS zstd";
+
 /// Client settings for one session.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -93,10 +140,11 @@ pub struct ClientOptions {
     pub streams: usize,
     /// Data-channel key (raw bytes) as sent in the transfer request.
     pub key: Option<Vec<u8>>,
-    /// `BLOWFISH` or `AES` (default by key length).
+    /// `BLOWFISH`, `AES` (default by key length) or `CHACHA20-POLY1305`
+    /// (32-byte key).
     pub algo: Option<String>,
-    /// gzip the data streams.
-    pub compress: bool,
+    /// Compression of the data streams.
+    pub compress: Compression,
     /// Timeout for connects and reads.
     pub timeout: Duration,
     /// Use EPSV instead of PASV.
@@ -109,7 +157,7 @@ impl Default for ClientOptions {
             streams: 1,
             key: None,
             algo: None,
-            compress: false,
+            compress: Compression::None,
             timeout: Duration::from_secs(60),
             epsv: false,
         }
@@ -175,11 +223,68 @@ fn mask(cmd: &str) -> String {
     }
 }
 
+/// Whether `opts` selects the ChaCha20-Poly1305 extension.
+fn uses_chacha(opts: &ClientOptions) -> bool {
+    opts.key.is_some()
+        && opts
+            .algo
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case(CHACHA20_POLY1305))
+}
+
+/// The codec stack for `opts`: the legacy codecs exactly as before, or the
+/// extension codecs.
+fn codec_stack(opts: &ClientOptions) -> Result<CodecStack, uftp_datachannel::CodecError> {
+    let gzip = opts.compress == Compression::Gzip;
+    let stack = if uses_chacha(opts) {
+        let key = opts.key.clone().unwrap_or_default();
+        let s = CodecStack::plain().with_codec(
+            Arc::from(uftpd_chacha20poly1305::DESCRIPTOR.instantiate()),
+            CodecParams::new().with_key(key),
+        )?;
+        if gzip {
+            s.with("gzip", CodecParams::new())?
+        } else {
+            s
+        }
+    } else {
+        CodecStack::legacy(opts.key.as_deref(), opts.algo.as_deref(), gzip)?
+    };
+    if opts.compress == Compression::Zstd {
+        return stack.with_codec(
+            Arc::from(uftpd_zstd::DESCRIPTOR.instantiate()),
+            CodecParams::new(),
+        );
+    }
+    Ok(stack)
+}
+
+/// An extension codec of `opts` that the session's FEAT does not offer:
+/// the server is older than the extension, or the transfer request did not
+/// ask for it. Using it anyway would garble or fail every transfer.
+fn missing_extension(opts: &ClientOptions, features: &[String]) -> Option<String> {
+    let has = |f: &str| features.iter().any(|l| l == f);
+    let crypted = format!("CRYPTED-{CHACHA20_POLY1305}");
+    if uses_chacha(opts) && !has(&crypted) {
+        return Some(format!(
+            "the server does not offer {CHACHA20_POLY1305} for this session (no '{crypted}' in FEAT)"
+        ));
+    }
+    if opts.compress == Compression::Zstd && !has(FEAT_COMPRESS_ZSTD) {
+        return Some(format!(
+            "the server does not offer zstd for this session (no '{FEAT_COMPRESS_ZSTD}' in FEAT): \
+             an older server runs a compress=zstd session uncompressed"
+        ));
+    }
+    None
+}
+
 impl Client {
-    /// Connects, logs in with `secret`, reads FEAT.
+    /// Connects, logs in with `secret`, reads FEAT. With an extension codec
+    /// (zstd, CHACHA20-POLY1305) FEAT must list it for the session, else
+    /// [`ClientError::Codec`].
     pub fn connect(addr: &str, secret: &str, opts: ClientOptions) -> Result<Client, ClientError> {
-        let stack = CodecStack::legacy(opts.key.as_deref(), opts.algo.as_deref(), opts.compress)
-            .map_err(|e| ClientError::Codec(e.to_string()))?;
+        let stack = codec_stack(&opts).map_err(|e| ClientError::Codec(e.to_string()))?;
         let sa = addr
             .to_socket_addrs()?
             .next()
@@ -211,6 +316,10 @@ impl Client {
         c.expect(&format!("PASS {secret}"), 230)?;
         let feat = c.expect("FEAT", 211)?;
         c.features = feat.body().iter().map(|l| l.trim().to_string()).collect();
+        if let Some(why) = missing_extension(&c.opts, &c.features) {
+            let _ = c.command("QUIT");
+            return Err(ClientError::Codec(why));
+        }
         if c.features.iter().any(|f| f == "EPSV") && peer.is_ipv6() {
             c.opts.epsv = true;
         }
@@ -822,5 +931,58 @@ mod tests {
         let rfc = fake_server(&["PASV", "RFC_RANG"]);
         let c = Client::connect(&rfc, "s", ClientOptions::default()).expect("login");
         assert_eq!(c.rang_command(10, 90), "RANG 10 99", "inclusive end");
+    }
+
+    fn ext_opts(algo: Option<&str>, key: usize, compress: Compression) -> ClientOptions {
+        ClientOptions {
+            key: (key > 0).then(|| vec![3u8; key]),
+            algo: algo.map(String::from),
+            compress,
+            ..ClientOptions::default()
+        }
+    }
+
+    #[test]
+    fn stacks_for_options() {
+        let d = |o: &ClientOptions| codec_stack(o).map(|s| s.describe());
+        let o = ext_opts(None, 0, Compression::None);
+        assert_eq!(d(&o).expect("plain"), "plain");
+        let o = ext_opts(Some("AES"), 48, true.into());
+        assert_eq!(d(&o).expect("legacy"), "AES+gzip");
+        let o = ext_opts(Some("chacha20-poly1305"), 32, Compression::Zstd);
+        assert_eq!(d(&o).expect("ext"), "CHACHA20-POLY1305+zstd");
+        let o = ext_opts(Some(CHACHA20_POLY1305), 32, Compression::Gzip);
+        assert_eq!(d(&o).expect("chacha gzip"), "CHACHA20-POLY1305+gzip");
+        let o = ext_opts(Some(CHACHA20_POLY1305), 48, Compression::None);
+        assert!(d(&o).is_err(), "48-byte key");
+        assert_eq!("ZSTD".parse::<Compression>(), Ok(Compression::Zstd));
+        assert_eq!("true".parse::<Compression>(), Ok(Compression::Gzip));
+        assert!("lz4".parse::<Compression>().is_err());
+    }
+
+    #[test]
+    fn extensions_need_feat() {
+        let old = fake_server(&["PASV", "CRYPTED-AES"]);
+        let e = Client::connect(&old, "s", ext_opts(None, 0, Compression::Zstd))
+            .expect_err("zstd without FEAT");
+        assert!(e.to_string().contains("COMPRESS zstd"), "{e}");
+        let old = fake_server(&["PASV"]);
+        let e = Client::connect(
+            &old,
+            "s",
+            ext_opts(Some(CHACHA20_POLY1305), 32, Compression::None),
+        )
+        .expect_err("chacha without FEAT");
+        assert!(e.to_string().contains("CRYPTED-CHACHA20-POLY1305"), "{e}");
+        let new = fake_server(&["PASV", "CRYPTED-CHACHA20-POLY1305", "COMPRESS zstd"]);
+        Client::connect(
+            &new,
+            "s",
+            ext_opts(Some(CHACHA20_POLY1305), 32, Compression::Zstd),
+        )
+        .expect("offered");
+        // legacy options never look at FEAT for their codecs
+        let old = fake_server(&["PASV"]);
+        Client::connect(&old, "s", ext_opts(Some("AES"), 32, Compression::Gzip)).expect("legacy");
     }
 }

@@ -36,13 +36,20 @@ pub struct AnnounceArgs {
     /// Initial number of data streams.
     #[arg(long, default_value_t = 1)]
     pub streams: u32,
-    /// gzip the data streams.
-    #[arg(long)]
-    pub compress: bool,
-    /// Base64 data-channel key.
+    /// Compress the data streams: `--compress` alone is gzip (as UFTPD 3.x),
+    /// `--compress zstd` the zstd extension.
+    #[arg(
+        long,
+        value_name = "gzip|zstd",
+        num_args = 0..=1,
+        default_missing_value = "gzip",
+        value_parser = ["gzip", "zstd", "true", "false"]
+    )]
+    pub compress: Option<String>,
+    /// Base64 data-channel key (CHACHA20-POLY1305: exactly 32 bytes).
     #[arg(long)]
     pub key: Option<String>,
-    /// BLOWFISH or AES.
+    /// BLOWFISH, AES or CHACHA20-POLY1305 (the extension).
     #[arg(long)]
     pub algo: Option<String>,
     /// Group specification (primary[:supplementary...]).
@@ -104,7 +111,14 @@ pub fn run(args: &AnnounceArgs, cfg: &crate::config::Config) -> Result<(), Strin
     kv("file", &args.file);
     kv("append", "false");
     kv("streams", &args.streams.to_string());
-    kv("compress", if args.compress { "true" } else { "false" });
+    kv(
+        "compress",
+        match args.compress.as_deref() {
+            Some("gzip" | "true") => "true",
+            Some("zstd") => "zstd",
+            _ => "false",
+        },
+    );
     if let Some(g) = &args.group {
         kv("group", g);
     }

@@ -300,7 +300,7 @@ mod tests {
                 persistent,
                 file: String::new(),
                 streams: 1,
-                compress: false,
+                compress: crate::request::Compression::None,
                 group: None,
                 rate_limit: 0,
                 key: None,

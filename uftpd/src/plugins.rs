@@ -28,8 +28,10 @@ use crate::config::Config;
 
 // The default plugin set, linked statically.
 use uftpd_acl as _;
+use uftpd_chacha20poly1305 as _;
 use uftpd_plain_auth as _;
 use uftpd_posix as _;
+use uftpd_zstd as _;
 
 /// Errors selecting or loading a plugin; each is one line for the log.
 #[derive(Debug, thiserror::Error)]

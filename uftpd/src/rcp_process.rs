@@ -67,8 +67,8 @@ pub struct RcpJob {
     pub key: Option<Vec<u8>>,
     /// `BLOWFISH` or `AES`.
     pub algo: Option<String>,
-    /// gzip the data streams.
-    pub compress: bool,
+    /// Compression of the data streams (as the session's request).
+    pub compress: crate::request::Compression,
     /// Bytes per second, 0 = unlimited.
     pub rate_limit: u64,
     /// Base directory of the session.
@@ -243,7 +243,7 @@ fn run(job: &RcpJob) -> Result<u64, RcpError> {
         streams: job.streams.max(1) as usize,
         key: job.key.clone(),
         algo: job.algo.clone(),
-        compress: job.compress,
+        compress: job.compress.into(),
         timeout: TIMEOUT,
         epsv: false,
     };
@@ -433,7 +433,7 @@ mod tests {
             streams: 1,
             key: Some(vec![7; 16]),
             algo: Some("BLOWFISH".into()),
-            compress: false,
+            compress: crate::request::Compression::None,
             rate_limit: 0,
             base: "/b".into(),
             confined: true,

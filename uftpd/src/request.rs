@@ -38,21 +38,77 @@ impl AccessLevel {
     }
 }
 
-/// Encryption algorithm of the legacy data-channel cipher.
+/// Encryption algorithm of the data channel (`algo`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CipherAlgo {
     /// Blowfish in ECB mode, key of 1..=56 bytes.
     Blowfish,
     /// AES in CBC mode, key = 16-byte IV + 16/24/32-byte key.
     Aes,
+    /// Extension: ChaCha20-Poly1305 records with per-stream keys, 32-byte
+    /// session key (`algo=CHACHA20-POLY1305`; never chosen by default).
+    ChaCha20Poly1305,
 }
 
 impl fmt::Display for CipherAlgo {
+    /// The `algo` value, also used in FEAT as `CRYPTED-<algo>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             CipherAlgo::Blowfish => "BLOWFISH",
             CipherAlgo::Aes => "AES",
+            CipherAlgo::ChaCha20Poly1305 => uftpd_chacha20poly1305::NAME,
         })
+    }
+}
+
+/// Compression of the data channel (`compress`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Compression {
+    /// `compress=false` (or absent).
+    #[default]
+    None,
+    /// `compress=true`: gzip, as UFTPD 3.x.
+    Gzip,
+    /// Extension: `compress=zstd`. UFTPD 3.x takes any value but `true` for
+    /// false, so an old server given this runs the session uncompressed
+    /// (and its FEAT has no `COMPRESS zstd` line).
+    Zstd,
+}
+
+impl Compression {
+    /// Whether the data streams are compressed at all.
+    pub fn is_on(self) -> bool {
+        self != Compression::None
+    }
+
+    fn parse(v: &str) -> Option<Compression> {
+        Some(match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "gzip" => Compression::Gzip,
+            "false" | "0" | "no" | "" | "null" => Compression::None,
+            "zstd" => Compression::Zstd,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for Compression {
+    /// The `compress` value as sent: `false`, `true` (gzip) or `zstd`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::None => "false",
+            Compression::Gzip => "true",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
+
+impl From<Compression> for uftp_client::Compression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::None => uftp_client::Compression::None,
+            Compression::Gzip => uftp_client::Compression::Gzip,
+            Compression::Zstd => uftp_client::Compression::Zstd,
+        }
     }
 }
 
@@ -88,8 +144,8 @@ pub struct TransferRequest {
     pub file: String,
     /// Initial number of data streams.
     pub streams: u32,
-    /// gzip the data streams.
-    pub compress: bool,
+    /// Compression of the data streams (gzip, or the zstd extension).
+    pub compress: Compression,
     /// Requested group specification.
     pub group: Option<String>,
     /// Bytes per second cap, 0 = none.
@@ -181,24 +237,34 @@ pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
 impl TransferRequest {
     /// The codec stack of the data channel (encryption, compression), built
     /// and validated from the request's key/algo/compress; gzip compresses
-    /// at `gzip_level` (the wire format is the same at every level).
+    /// at `gzip_level` (the wire format is the same at every level), zstd
+    /// at its default level 1.
     pub fn codec_stack(&self, gzip_level: u32) -> Result<uftp_datachannel::CodecStack, String> {
-        let algo = self.key.as_ref().map(|k| k.algo.to_string());
-        let stack = uftp_datachannel::CodecStack::legacy(
-            self.key.as_ref().map(|k| k.bytes.as_slice()),
-            algo.as_deref(),
-            false,
-        )
-        .map_err(|e| e.to_string())?;
-        if !self.compress {
-            return Ok(stack);
+        use uftp_datachannel::{CodecParams, CodecStack};
+        let stack = match &self.key {
+            Some(k) if k.algo == CipherAlgo::ChaCha20Poly1305 => CodecStack::plain().with(
+                uftpd_chacha20poly1305::NAME,
+                CodecParams::new().with_key(k.bytes.clone()),
+            ),
+            key => {
+                let algo = key.as_ref().map(|k| k.algo.to_string());
+                CodecStack::legacy(
+                    key.as_ref().map(|k| k.bytes.as_slice()),
+                    algo.as_deref(),
+                    false,
+                )
+            }
         }
-        stack
-            .with(
+        .map_err(|e| e.to_string())?;
+        match self.compress {
+            Compression::None => Ok(stack),
+            Compression::Gzip => stack.with(
                 "gzip",
-                uftp_datachannel::CodecParams::new().with_option("level", gzip_level.to_string()),
-            )
-            .map_err(|e| e.to_string())
+                CodecParams::new().with_option("level", gzip_level.to_string()),
+            ),
+            Compression::Zstd => stack.with(uftpd_zstd::NAME, CodecParams::new()),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -244,6 +310,7 @@ pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, St
             let algo = match m.get("algo").map(|s| s.trim().to_ascii_uppercase()) {
                 Some(a) if a == "BLOWFISH" => CipherAlgo::Blowfish,
                 Some(a) if a == "AES" => CipherAlgo::Aes,
+                Some(a) if a == uftpd_chacha20poly1305::NAME => CipherAlgo::ChaCha20Poly1305,
                 Some(a) if !a.is_empty() => {
                     return Err(format!("unsupported encryption algorithm '{a}'"));
                 }
@@ -282,7 +349,12 @@ pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, St
         persistent: bool_field(m, "persistent")?,
         file: m.get("file").cloned().unwrap_or_default(),
         streams,
-        compress: bool_field(m, "compress")?,
+        compress: match m.get("compress") {
+            None => Compression::None,
+            Some(v) => Compression::parse(v).ok_or_else(|| {
+                "invalid value for 'compress': expected true, false or zstd".to_string()
+            })?,
+        },
         group: m
             .get("group")
             .map(|s| s.trim().to_string())
@@ -361,6 +433,83 @@ mod tests {
         assert!(parse_transfer(&map(&[("user", "u"), ("secret", "s"), ("key", &k60)])).is_err());
         let dbg = format!("{r:?}");
         assert!(!dbg.contains(&k32) && !dbg.contains("\"s\""), "{dbg}");
+    }
+
+    #[test]
+    fn extension_codecs() {
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![9u8; n]);
+        let req = |extra: &[(&str, &str)]| {
+            let mut m = map(&[("user", "u"), ("secret", "s")]);
+            for (k, v) in extra {
+                m.insert(k.to_string(), v.to_string());
+            }
+            parse_transfer(&m)
+        };
+        // compress: true/false as before, zstd (any case), gzip as a synonym
+        for (v, c) in [
+            ("true", Compression::Gzip),
+            ("TRUE", Compression::Gzip),
+            ("gzip", Compression::Gzip),
+            ("false", Compression::None),
+            ("", Compression::None),
+            ("zstd", Compression::Zstd),
+            ("ZSTD", Compression::Zstd),
+        ] {
+            let r = req(&[("compress", v)]).expect(v);
+            assert_eq!(r.compress, c, "{v}");
+            assert_eq!(r.compress.is_on(), c != Compression::None);
+        }
+        assert_eq!(req(&[]).expect("none").compress, Compression::None);
+        let e = req(&[("compress", "lz4")]).expect_err("lz4");
+        assert!(e.contains("'compress'"), "{e}");
+        assert_eq!(Compression::Zstd.to_string(), "zstd");
+        assert_eq!(Compression::Gzip.to_string(), "true");
+
+        // CHACHA20-POLY1305 wants exactly 32 bytes, whatever the case of algo
+        let k32 = b64(32);
+        let r = req(&[("key", &k32), ("algo", "chacha20-poly1305")]).expect("chacha");
+        assert_eq!(
+            r.key.as_ref().map(|k| k.algo),
+            Some(CipherAlgo::ChaCha20Poly1305)
+        );
+        assert_eq!(
+            CipherAlgo::ChaCha20Poly1305.to_string(),
+            "CHACHA20-POLY1305"
+        );
+        for n in [1, 16, 31, 33, 48, 56] {
+            let k = b64(n);
+            let e = req(&[("key", &k), ("algo", "CHACHA20-POLY1305")]).expect_err("length");
+            assert_eq!(
+                e,
+                format!("CHACHA20-POLY1305: invalid key length {n} bytes (expected 32 bytes)")
+            );
+        }
+        // never the default: a 32-byte key without algo stays AES
+        let r = req(&[("key", &k32)]).expect("aes");
+        assert_eq!(r.key.as_ref().map(|k| k.algo), Some(CipherAlgo::Aes));
+
+        // the stacks, outermost first
+        let stack = |r: &TransferRequest| r.codec_stack(6).expect("stack").describe();
+        let r = req(&[
+            ("key", &k32),
+            ("algo", "CHACHA20-POLY1305"),
+            ("compress", "zstd"),
+        ])
+        .expect("both");
+        assert_eq!(stack(&r), "CHACHA20-POLY1305+zstd");
+        let r = req(&[
+            ("key", &k32),
+            ("algo", "CHACHA20-POLY1305"),
+            ("compress", "true"),
+        ])
+        .expect("chacha gzip");
+        assert_eq!(stack(&r), "CHACHA20-POLY1305+gzip");
+        let r = req(&[("key", &b64(48)), ("algo", "AES"), ("compress", "zstd")]).expect("aes zstd");
+        assert_eq!(stack(&r), "AES+zstd");
+        let r = req(&[("compress", "zstd")]).expect("zstd");
+        assert_eq!(stack(&r), "zstd");
+        let r = req(&[("key", &b64(56)), ("compress", "true")]).expect("legacy");
+        assert_eq!(stack(&r), "BLOWFISH+gzip");
     }
 
     #[test]

@@ -8,8 +8,13 @@
 //! uftpc [options] HOST:PORT SECRET sync-to-server LOCAL REMOTE
 //! uftpc [options] HOST:PORT SECRET sync-to-client REMOTE LOCAL
 //! uftpc [options] HOST:PORT SECRET put-archive LOCAL.tar REMOTE_DIR
-//! options: -n STREAMS  -E KEY_BASE64  -a BLOWFISH|AES  -z (gzip)  --epsv
+//! options: -n STREAMS  -E KEY_BASE64  -a BLOWFISH|AES|CHACHA20-POLY1305
+//!          -z (gzip)  -Z (zstd)  --compress gzip|zstd|none  --epsv
 //! ```
+//!
+//! The options must match the transfer request (key, algo, compress). The
+//! extensions (`-a CHACHA20-POLY1305` with a 32-byte key, `-Z`) are used only
+//! if the server's FEAT offers them for the session.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -17,11 +22,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use base64::Engine;
-use uftp_client::{Client, ClientOptions};
+use uftp_client::{Client, ClientOptions, Compression};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: uftpc [-n STREAMS] [-E KEY_BASE64] [-a BLOWFISH|AES] [-z] [--epsv] HOST:PORT SECRET (get REMOTE LOCAL|- | put LOCAL REMOTE | ls [DIR] | sync-to-server LOCAL REMOTE | sync-to-client REMOTE LOCAL | put-archive LOCAL.tar REMOTE_DIR)"
+        "usage: uftpc [-n STREAMS] [-E KEY_BASE64] [-a BLOWFISH|AES|CHACHA20-POLY1305] [-z | -Z | --compress gzip|zstd|none] [--epsv] HOST:PORT SECRET (get REMOTE LOCAL|- | put LOCAL REMOTE | ls [DIR] | sync-to-server LOCAL REMOTE | sync-to-client REMOTE LOCAL | put-archive LOCAL.tar REMOTE_DIR)"
     );
     ExitCode::from(2)
 }
@@ -44,7 +49,16 @@ fn main() -> ExitCode {
                 None => return usage(),
             },
             "-a" => opts.algo = args.next(),
-            "-z" => opts.compress = true,
+            "-z" => opts.compress = Compression::Gzip,
+            "-Z" => opts.compress = Compression::Zstd,
+            "--compress" => match args.next().map(|v| v.parse::<Compression>()) {
+                Some(Ok(c)) => opts.compress = c,
+                Some(Err(e)) => {
+                    eprintln!("uftpc: {e}");
+                    return usage();
+                }
+                None => return usage(),
+            },
             "--epsv" => opts.epsv = true,
             "-h" | "--help" => return usage(),
             _ => rest.push(a),

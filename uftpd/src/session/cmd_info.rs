@@ -66,6 +66,11 @@ impl Session {
         if let Some(k) = &self.request.key {
             f.push(format!("CRYPTED-{}", k.algo));
         }
+        // Extension: only zstd sessions list it, so the FEAT of a legacy
+        // session stays as UFTPD 3.x sends it.
+        if self.request.compress == crate::request::Compression::Zstd {
+            f.push("COMPRESS zstd".to_string());
+        }
         let hashes: Vec<String> = HashAlgo::ALL
             .iter()
             .map(|a| {
