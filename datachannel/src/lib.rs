@@ -81,11 +81,15 @@ pub struct ChannelOptions {
     /// Block size of multi-stream framing when sending (clamped to
     /// 1..=16384; Java readers reject larger blocks). Default 16384.
     pub block_size: usize,
-    /// Blocks queued between the caller and each stream's worker.
-    /// Default 8.
+    /// Bytes handed between the caller and the stream workers at a time:
+    /// a sending batch (a whole number of blocks, read from a file in one
+    /// call by [`DataWriter::copy_from`]), and the buffer of a
+    /// single-stream codec pipeline. Default 1 MiB.
+    pub batch_size: usize,
+    /// Batches queued between the caller and each stream's worker (and
+    /// buffers queued by each receiving worker). Default 4.
     pub queue_depth: usize,
-    /// Buffer size for single-stream pipelines and direct reads.
-    /// Default 64 KiB.
+    /// Buffer size of a plain single-stream reader. Default 64 KiB.
     pub single_stream_buffer: usize,
 }
 
@@ -93,7 +97,8 @@ impl Default for ChannelOptions {
     fn default() -> Self {
         ChannelOptions {
             block_size: frame::MAX_SEND_BLOCK,
-            queue_depth: 8,
+            batch_size: 1 << 20,
+            queue_depth: 4,
             single_stream_buffer: 64 * 1024,
         }
     }

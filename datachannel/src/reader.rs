@@ -1,9 +1,17 @@
 //! The receiving side of a data channel.
+//!
+//! One worker per TCP stream reads its stream (through the codecs) in
+//! large pieces, cuts them into frames where the stream is framed, and
+//! hands over every frame of a read in ONE message (a buffer plus the
+//! positions of its frames). The caller's `read` copies payloads from
+//! those buffers straight into its own buffer, across frames and streams,
+//! until the buffer is full or nothing more has arrived; `fill_buf` of a
+//! single-stream codec channel hands out the received buffers themselves.
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::mem;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::thread;
 
 use crate::frame::{FrameHeader, HEADER_LEN, MAX_ACCEPT_BLOCK, chunk_range};
@@ -13,17 +21,36 @@ use crate::stream::SourceStream;
 use crate::writer::check_count;
 use crate::{ChannelError, ChannelOptions};
 
+/// Where a frame's payload lies in a chunk's buffer.
+#[derive(Debug, Clone, Copy)]
+struct FrameRef {
+    off: usize,
+    len: usize,
+    seq: u32,
+    size: u32,
+}
+
+/// What a worker hands over: a buffer and either the frames in it
+/// (framed) or `len` bytes of the stream (single stream). Recycled.
+#[derive(Default)]
+struct Chunk {
+    buf: Vec<u8>,
+    frames: Vec<FrameRef>,
+    len: usize,
+}
+
 enum Msg {
-    /// A frame payload (framed) or a piece of the stream (single stream).
-    Data {
-        seq: u32,
-        size: u32,
-        buf: Vec<u8>,
-        len: usize,
-    },
-    /// Verified end of this stream at a frame boundary.
+    Data(Chunk),
+    /// Verified end of this stream (at a frame boundary when framed).
     Eof,
 }
+
+/// Read buffer of a framed worker.
+const FRAMED_READ: usize = 256 * 1024;
+
+/// Buffer under a codec stack, for codecs that make small reads; reads of
+/// at least this size pass straight through to the socket.
+const CODEC_SOURCE_BUFFER: usize = 8 * 1024;
 
 /// The reading end of a data channel: `n` TCP streams with their codecs
 /// in, ONE byte stream out.
@@ -33,12 +60,14 @@ enum Msg {
 /// boundary and all other streams ended with it). Truncated or corrupt
 /// input is an error (`UnexpectedEof` or `InvalidData`, with the stream
 /// index in the message), never a silently short result. It also
-/// implements [`BufRead`], which hands out the received buffers without a
-/// copy.
+/// implements [`BufRead`]; with one stream and codecs, `fill_buf` hands out
+/// the received buffers without a copy.
 ///
 /// With one stream and no codec it reads the socket in the caller's
 /// thread. Otherwise one worker thread per TCP stream reads and decodes
-/// that stream into recycled buffers, through bounded queues. Dropping the
+/// that stream into recycled buffers, through bounded queues. A `read`
+/// fills as much of the caller's buffer as has arrived (blocking only
+/// while nothing has), so large reads mean few calls. Dropping the
 /// reader before the end breaks all streams.
 pub struct DataReader {
     imp: Imp,
@@ -48,7 +77,7 @@ impl std::fmt::Debug for DataReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.imp {
             Imp::Direct(_) => f.write_str("DataReader(direct)"),
-            Imp::Piped(p) => write!(f, "DataReader({} streams, pipelined)", p.rxs.len()),
+            Imp::Piped(p) => write!(f, "DataReader({} streams, pipelined)", p.lanes.len()),
         }
     }
 }
@@ -65,20 +94,46 @@ enum State {
     Failed,
 }
 
-struct Piped {
-    rxs: Vec<Receiver<Msg>>,
-    shared: Arc<Shared>,
-    recycle: Vec<Sender<Vec<u8>>>,
-    /// Current buffer, its stream, read position and end.
-    cur: Vec<u8>,
-    cur_stream: usize,
+/// The caller's end of one stream's worker.
+struct Lane {
+    rx: Receiver<Msg>,
+    recycle: Sender<Chunk>,
+    /// Chunk being consumed.
+    cur: Option<Chunk>,
+    /// Index of the current frame in `cur` (framed).
+    frame: usize,
+    /// Bytes of the current frame (framed) or of `cur` (single) consumed.
     pos: usize,
-    end: usize,
+}
+
+impl Lane {
+    fn release(&mut self) {
+        if let Some(mut c) = self.cur.take() {
+            c.frames.clear();
+            c.len = 0;
+            let _ = self.recycle.send(c);
+        }
+        self.frame = 0;
+        self.pos = 0;
+    }
+}
+
+struct Piped {
+    lanes: Vec<Lane>,
+    shared: Arc<Shared>,
+    /// Stream whose frame comes next.
     next: usize,
+    /// Whether the current frame of `next` was checked against stream 0.
+    checked: bool,
     block_seq: u32,
     block_size: u32,
     framed: bool,
     state: State,
+    /// `fill_buf` of a framed channel: frames put together here.
+    asm: Vec<u8>,
+    asm_pos: usize,
+    asm_end: usize,
+    asm_size: usize,
 }
 
 impl DataReader {
@@ -91,27 +146,36 @@ impl DataReader {
     ) -> Result<DataReader, ChannelError> {
         let n = streams.len();
         check_count(n)?;
-        let buf_size = options.single_stream_buffer.max(HEADER_LEN);
         if n == 1 && stack.is_plain() {
             let Some(s) = streams.into_iter().next() else {
                 return Err(ChannelError::NoStreams);
             };
             let b: Box<dyn Read + Send> = Box::new(s);
             return Ok(DataReader {
-                imp: Imp::Direct(BufReader::with_capacity(buf_size, b)),
+                imp: Imp::Direct(BufReader::with_capacity(
+                    options.single_stream_buffer.max(HEADER_LEN),
+                    b,
+                )),
             });
         }
         let aborts = streams.iter().filter_map(|s| s.abort_handle()).collect();
         let shared = Arc::new(Shared::new(aborts));
         let mut decoders = Vec::with_capacity(n);
         for (i, s) in streams.into_iter().enumerate() {
-            // Buffer the socket: frame headers and cipher blocks are small
-            // reads, which would otherwise each be a system call.
-            let buffered = BufReader::with_capacity(buf_size, s);
-            decoders.push(stack.decoder(i, n, Box::new(buffered))?);
+            let src: Box<dyn Read + Send> = if stack.is_plain() {
+                // The framed worker reads large pieces itself.
+                Box::new(s)
+            } else {
+                Box::new(BufReader::with_capacity(CODEC_SOURCE_BUFFER, s))
+            };
+            decoders.push(stack.decoder(i, n, src)?);
         }
-        let mut rxs = Vec::with_capacity(n);
-        let mut recycle = Vec::with_capacity(n);
+        let buf_size = if n > 1 {
+            FRAMED_READ
+        } else {
+            options.batch_size.max(4096)
+        };
+        let mut lanes = Vec::with_capacity(n);
         for (i, dec) in decoders.into_iter().enumerate() {
             let (tx, rx) = mpsc::sync_channel(options.queue_depth.max(1));
             let (rtx, rrx) = mpsc::channel();
@@ -120,7 +184,7 @@ impl DataReader {
                 .name(format!("uftp-dc-r{i}"))
                 .spawn(move || {
                     let r = if n > 1 {
-                        framed_worker(i, n, dec, &tx, &rrx)
+                        framed_worker(i, n, dec, buf_size, &tx, &rrx)
                     } else {
                         single_worker(dec, buf_size, &tx, &rrx)
                     };
@@ -132,23 +196,28 @@ impl DataReader {
                 shared.abort_all();
                 return Err(ChannelError::Io(e));
             }
-            rxs.push(rx);
-            recycle.push(rtx);
+            lanes.push(Lane {
+                rx,
+                recycle: rtx,
+                cur: None,
+                frame: 0,
+                pos: 0,
+            });
         }
         Ok(DataReader {
             imp: Imp::Piped(Piped {
-                rxs,
+                lanes,
                 shared,
-                recycle,
-                cur: Vec::new(),
-                cur_stream: 0,
-                pos: 0,
-                end: 0,
                 next: 0,
+                checked: false,
                 block_seq: 0,
                 block_size: 0,
                 framed: n > 1,
                 state: State::Running,
+                asm: Vec::new(),
+                asm_pos: 0,
+                asm_end: 0,
+                asm_size: options.batch_size.max(4096),
             }),
         })
     }
@@ -158,122 +227,155 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// Reads a frame header; `Ok(false)` at a clean end of stream.
-fn read_header(src: &mut dyn Read, h: &mut [u8; HEADER_LEN]) -> io::Result<bool> {
-    let mut got = 0;
-    while got < HEADER_LEN {
-        match src.read(&mut h[got..]) {
-            Ok(0) if got == 0 => return Ok(false),
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("stream ended inside a frame header ({got} of {HEADER_LEN} bytes)"),
-                ));
-            }
-            Ok(k) => got += k,
+fn take_chunk(rrx: &Receiver<Chunk>, min_len: usize) -> Chunk {
+    let mut c = rrx.try_recv().unwrap_or_default();
+    if c.buf.len() < min_len {
+        c.buf.resize(min_len, 0);
+    }
+    c
+}
+
+fn read_some(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match src.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            r => return r,
         }
     }
-    Ok(true)
 }
 
-fn take_buf(rrx: &Receiver<Vec<u8>>, min_len: usize) -> Vec<u8> {
-    let mut b = rrx.try_recv().unwrap_or_default();
-    if b.len() < min_len {
-        b.resize(min_len, 0);
+/// Checks a frame header of stream `i` of `n` where block `seq` is due.
+fn check_header(h: &[u8], i: usize, n: usize, seq: u32) -> io::Result<FrameHeader> {
+    let mut a = [0u8; HEADER_LEN];
+    a.copy_from_slice(&h[..HEADER_LEN]);
+    let f = FrameHeader::decode(&a)?;
+    if usize::from(f.stream) != i {
+        return Err(invalid(format!(
+            "frame for stream {} arrived on stream {i}",
+            f.stream
+        )));
     }
-    b
+    if f.seq != seq {
+        return Err(invalid(format!(
+            "frame sequence number {} where {seq} was expected",
+            f.seq
+        )));
+    }
+    let size = f.size as usize;
+    if size > MAX_ACCEPT_BLOCK {
+        return Err(invalid(format!(
+            "block size {size} exceeds the limit of {MAX_ACCEPT_BLOCK}"
+        )));
+    }
+    let (_, len) = chunk_range(size, n, i);
+    if f.len as usize != len {
+        return Err(invalid(format!(
+            "frame length {} does not match block size {size} over {n} streams (expected {len})",
+            f.len
+        )));
+    }
+    Ok(f)
 }
 
+/// Worker of stream `i` of `n` (framed): reads large pieces, hands over
+/// the complete frames of each read in one message and carries a partial
+/// frame over to the next buffer.
 fn framed_worker(
     i: usize,
     n: usize,
     mut src: Box<dyn Read + Send>,
+    buf_size: usize,
     tx: &SyncSender<Msg>,
-    rrx: &Receiver<Vec<u8>>,
+    rrx: &Receiver<Chunk>,
 ) -> io::Result<()> {
     let mut seq: u32 = 0;
-    let mut h = [0u8; HEADER_LEN];
+    let mut chunk = take_chunk(rrx, buf_size);
+    // chunk.buf[parsed..filled]: bytes read but not yet cut into frames.
+    let mut filled = 0;
+    let mut parsed = 0;
+    // Length and block size of the frame whose header has been checked
+    // but whose payload is incomplete.
+    let mut pending: Option<(usize, u32)> = None;
     loop {
-        if !read_header(&mut *src, &mut h)? {
-            let _ = tx.send(Msg::Eof);
-            return Ok(());
+        // Cut complete frames.
+        let need = loop {
+            let avail = filled - parsed;
+            let (len, size) = match pending {
+                Some(p) => p,
+                None => {
+                    if avail < HEADER_LEN {
+                        break HEADER_LEN;
+                    }
+                    let f = check_header(&chunk.buf[parsed..], i, n, seq)?;
+                    let p = (f.len as usize, f.size);
+                    pending = Some(p);
+                    p
+                }
+            };
+            if avail < HEADER_LEN + len {
+                break HEADER_LEN + len;
+            }
+            chunk.frames.push(FrameRef {
+                off: parsed + HEADER_LEN,
+                len,
+                seq,
+                size,
+            });
+            pending = None;
+            parsed += HEADER_LEN + len;
+            seq = seq.wrapping_add(1);
+        };
+        if !chunk.frames.is_empty() {
+            // Hand over; the partial frame (if any) starts the next buffer.
+            let tail = filled - parsed;
+            let mut next = take_chunk(rrx, buf_size.max(need));
+            next.buf[..tail].copy_from_slice(&chunk.buf[parsed..filled]);
+            if tx.send(Msg::Data(mem::replace(&mut chunk, next))).is_err() {
+                return Ok(()); // reader gone
+            }
+            filled = tail;
+            parsed = 0;
+        } else if chunk.buf.len() - parsed < need {
+            // One frame larger than the buffer (a peer's big blocks).
+            chunk.buf.resize(parsed + need, 0);
         }
-        let f = FrameHeader::decode(&h)?;
-        if usize::from(f.stream) != i {
-            return Err(invalid(format!(
-                "frame for stream {} arrived on stream {i}",
-                f.stream
-            )));
-        }
-        if f.seq != seq {
-            return Err(invalid(format!(
-                "frame sequence number {} where {seq} was expected",
-                f.seq
-            )));
-        }
-        let size = f.size as usize;
-        if size > MAX_ACCEPT_BLOCK {
-            return Err(invalid(format!(
-                "block size {size} exceeds the limit of {MAX_ACCEPT_BLOCK}"
-            )));
-        }
-        let (_, len) = chunk_range(size, n, i);
-        if f.len as usize != len {
-            return Err(invalid(format!(
-                "frame length {} does not match block size {size} over {n} streams (expected {len})",
-                f.len
-            )));
-        }
-        let mut buf = take_buf(rrx, len);
-        if let Err(e) = src.read_exact(&mut buf[..len]) {
-            return Err(if e.kind() == io::ErrorKind::UnexpectedEof {
-                io::Error::new(
+        let r = read_some(&mut *src, &mut chunk.buf[filled..])?;
+        if r == 0 {
+            let left = filled - parsed;
+            if left == 0 {
+                let _ = tx.send(Msg::Eof);
+                return Ok(());
+            }
+            return Err(match pending {
+                None => io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("stream ended inside a frame header ({left} of {HEADER_LEN} bytes)"),
+                ),
+                Some((len, _)) => io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("stream ended inside block {seq} (frame of {len} bytes)"),
-                )
-            } else {
-                e
+                ),
             });
         }
-        let msg = Msg::Data {
-            seq,
-            size: f.size,
-            buf,
-            len,
-        };
-        if tx.send(msg).is_err() {
-            return Ok(()); // reader gone
-        }
-        seq = seq.wrapping_add(1);
+        filled += r;
     }
 }
 
+/// Worker of a single-stream codec channel: one decoder read per message.
 fn single_worker(
     mut src: Box<dyn Read + Send>,
     buf_size: usize,
     tx: &SyncSender<Msg>,
-    rrx: &Receiver<Vec<u8>>,
+    rrx: &Receiver<Chunk>,
 ) -> io::Result<()> {
     loop {
-        let mut buf = take_buf(rrx, buf_size);
-        let len = loop {
-            match src.read(&mut buf) {
-                Ok(k) => break k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        };
+        let mut c = take_chunk(rrx, buf_size);
+        let len = read_some(&mut *src, &mut c.buf)?;
         let msg = if len == 0 {
             Msg::Eof
         } else {
-            Msg::Data {
-                seq: 0,
-                size: 0,
-                buf,
-                len,
-            }
+            c.len = len;
+            Msg::Data(c)
         };
         let eof = matches!(msg, Msg::Eof);
         if tx.send(msg).is_err() || eof {
@@ -289,99 +391,168 @@ impl Piped {
         self.shared.error("")
     }
 
-    fn recycle_cur(&mut self) {
-        let b = mem::take(&mut self.cur);
-        if !b.is_empty() {
-            let _ = self.recycle[self.cur_stream].send(b);
-        }
-        self.pos = 0;
-        self.end = 0;
+    fn stopped(&mut self) -> io::Error {
+        self.state = State::Failed;
+        self.shared.error("data channel worker stopped")
     }
 
-    /// Makes `cur[pos..end]` non-empty; `Ok(false)` at the verified end.
-    fn fill(&mut self) -> io::Result<bool> {
+    /// Makes the current frame (framed) or chunk (single) of stream `i`
+    /// available. `Ok(false)`: nothing has arrived and `block` is false,
+    /// or the verified end was reached (`state` is then `Eof`).
+    fn ready(&mut self, i: usize, block: bool) -> io::Result<bool> {
+        match self.state {
+            State::Eof => return Ok(false),
+            State::Failed => return Err(self.shared.error("data channel failed")),
+            State::Running => {}
+        }
         loop {
-            if self.pos < self.end {
-                return Ok(true);
+            let framed = self.framed;
+            let lane = &mut self.lanes[i];
+            if let Some(c) = &lane.cur {
+                let more = if framed {
+                    lane.frame < c.frames.len()
+                } else {
+                    lane.pos < c.len
+                };
+                if more {
+                    return Ok(true);
+                }
+                lane.release();
             }
-            match self.state {
-                State::Eof => return Ok(false),
-                State::Failed => return Err(self.shared.error("data channel failed")),
-                State::Running => {}
-            }
-            self.recycle_cur();
-            let i = self.next;
-            let n = self.rxs.len();
-            let msg = match self.rxs[i].recv() {
-                Ok(m) => m,
-                Err(_) => {
-                    self.state = State::Failed;
-                    return Err(self.shared.error("data channel worker stopped"));
+            let msg = if block {
+                match lane.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return Err(self.stopped()),
+                }
+            } else {
+                match lane.rx.try_recv() {
+                    Ok(m) => m,
+                    Err(TryRecvError::Empty) => return Ok(false),
+                    Err(TryRecvError::Disconnected) => return Err(self.stopped()),
                 }
             };
             match msg {
-                Msg::Data {
-                    seq,
-                    size,
-                    buf,
-                    len,
-                } => {
-                    if self.framed {
-                        if i == 0 {
-                            self.block_size = size;
-                        } else if size != self.block_size || seq != self.block_seq {
-                            let e = invalid(format!(
-                                "data stream {i}: block {seq} of {size} bytes where stream 0 \
-                                 sent block {} of {} bytes",
-                                self.block_seq, self.block_size
-                            ));
-                            return Err(self.fail(e));
-                        }
-                        self.next = (i + 1) % n;
-                        if self.next == 0 {
-                            self.block_seq = self.block_seq.wrapping_add(1);
-                        }
-                    }
-                    self.cur = buf;
-                    self.cur_stream = i;
-                    self.pos = 0;
-                    self.end = len;
+                Msg::Data(c) => {
+                    lane.cur = Some(c);
+                    lane.frame = 0;
+                    lane.pos = 0;
                 }
                 Msg::Eof => {
-                    if i != 0 {
-                        let e = io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "data stream {i}: ended in block {} that stream 0 had sent",
-                                self.block_seq
-                            ),
-                        );
-                        return Err(self.fail(e));
-                    }
-                    for j in 1..n {
-                        match self.rxs[j].recv() {
-                            Ok(Msg::Eof) => {}
-                            Ok(Msg::Data { .. }) => {
-                                let e = invalid(format!(
-                                    "data stream {j}: more data after stream 0 ended"
-                                ));
-                                return Err(self.fail(e));
-                            }
-                            Err(_) => {
-                                self.state = State::Failed;
-                                return Err(self.shared.error("data channel worker stopped"));
-                            }
-                        }
-                    }
-                    if self.shared.has_failed() {
-                        self.state = State::Failed;
-                        return Err(self.shared.error("data channel failed"));
-                    }
-                    self.state = State::Eof;
+                    self.at_eof(i)?;
                     return Ok(false);
                 }
             }
         }
+    }
+
+    /// Stream `i` ended where its next frame (or data) was due.
+    fn at_eof(&mut self, i: usize) -> io::Result<()> {
+        if i != 0 {
+            let e = io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "data stream {i}: ended in block {} that stream 0 had sent",
+                    self.block_seq
+                ),
+            );
+            return Err(self.fail(e));
+        }
+        for j in 1..self.lanes.len() {
+            let leftover = self.lanes[j]
+                .cur
+                .as_ref()
+                .is_some_and(|c| self.lanes[j].frame < c.frames.len());
+            let msg = if leftover {
+                Ok(Msg::Data(Chunk::default()))
+            } else {
+                self.lanes[j].release();
+                self.lanes[j].rx.recv()
+            };
+            match msg {
+                Ok(Msg::Eof) => {}
+                Ok(Msg::Data(_)) => {
+                    let e = invalid(format!("data stream {j}: more data after stream 0 ended"));
+                    return Err(self.fail(e));
+                }
+                Err(_) => return Err(self.stopped()),
+            }
+        }
+        if self.shared.has_failed() {
+            self.state = State::Failed;
+            return Err(self.shared.error("data channel failed"));
+        }
+        self.state = State::Eof;
+        Ok(())
+    }
+
+    /// Checks the current frame of stream `next` against stream 0's.
+    fn check_frame(&mut self, f: FrameRef) -> io::Result<()> {
+        let i = self.next;
+        if i == 0 {
+            self.block_size = f.size;
+        } else if f.size != self.block_size || f.seq != self.block_seq {
+            let e = invalid(format!(
+                "data stream {i}: block {} of {} bytes where stream 0 \
+                 sent block {} of {} bytes",
+                f.seq, f.size, self.block_seq, self.block_size
+            ));
+            return Err(self.fail(e));
+        }
+        self.checked = true;
+        Ok(())
+    }
+
+    /// Copies as much data as has arrived into `out`, blocking only while
+    /// nothing has. `Ok(0)` only at the verified end (or for an empty
+    /// `out`).
+    fn copy_out(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let mut done = 0;
+        while done < out.len() {
+            match self.state {
+                State::Eof => break,
+                State::Failed => return Err(self.shared.error("data channel failed")),
+                State::Running => {}
+            }
+            let i = self.next;
+            if !self.ready(i, done == 0)? {
+                break;
+            }
+            if self.framed {
+                let f = match self.lanes[i].cur.as_ref() {
+                    Some(c) => c.frames[self.lanes[i].frame],
+                    None => break,
+                };
+                if !self.checked {
+                    self.check_frame(f)?;
+                }
+                let lane = &mut self.lanes[i];
+                let k = (f.len - lane.pos).min(out.len() - done);
+                if let Some(c) = &lane.cur {
+                    let from = f.off + lane.pos;
+                    out[done..done + k].copy_from_slice(&c.buf[from..from + k]);
+                }
+                lane.pos += k;
+                done += k;
+                if lane.pos == f.len {
+                    lane.frame += 1;
+                    lane.pos = 0;
+                    self.checked = false;
+                    self.next = (i + 1) % self.lanes.len();
+                    if self.next == 0 {
+                        self.block_seq = self.block_seq.wrapping_add(1);
+                    }
+                }
+            } else {
+                let lane = &mut self.lanes[0];
+                if let Some(c) = &lane.cur {
+                    let k = (c.len - lane.pos).min(out.len() - done);
+                    out[done..done + k].copy_from_slice(&c.buf[lane.pos..lane.pos + k]);
+                    lane.pos += k;
+                    done += k;
+                }
+            }
+        }
+        Ok(done)
     }
 }
 
@@ -390,13 +561,17 @@ impl Read for DataReader {
         match &mut self.imp {
             Imp::Direct(r) => r.read(buf),
             Imp::Piped(p) => {
-                if buf.is_empty() || !p.fill()? {
+                if buf.is_empty() {
                     return Ok(0);
                 }
-                let k = (p.end - p.pos).min(buf.len());
-                buf[..k].copy_from_slice(&p.cur[p.pos..p.pos + k]);
-                p.pos += k;
-                Ok(k)
+                if p.asm_pos < p.asm_end {
+                    // Left over from fill_buf.
+                    let k = (p.asm_end - p.asm_pos).min(buf.len());
+                    buf[..k].copy_from_slice(&p.asm[p.asm_pos..p.asm_pos + k]);
+                    p.asm_pos += k;
+                    return Ok(k);
+                }
+                p.copy_out(buf)
             }
         }
     }
@@ -407,10 +582,28 @@ impl BufRead for DataReader {
         match &mut self.imp {
             Imp::Direct(r) => r.fill_buf(),
             Imp::Piped(p) => {
-                if !p.fill()? {
-                    return Ok(&[]);
+                if !p.framed {
+                    // Hand out the received buffer itself.
+                    if !p.ready(0, true)? {
+                        return Ok(&[]);
+                    }
+                    let lane = &p.lanes[0];
+                    return Ok(match &lane.cur {
+                        Some(c) => &c.buf[lane.pos..c.len],
+                        None => &[],
+                    });
                 }
-                Ok(&p.cur[p.pos..p.end])
+                if p.asm_pos == p.asm_end {
+                    let mut asm = mem::take(&mut p.asm);
+                    if asm.len() < p.asm_size {
+                        asm.resize(p.asm_size, 0);
+                    }
+                    let r = p.copy_out(&mut asm);
+                    p.asm = asm;
+                    p.asm_pos = 0;
+                    p.asm_end = r?;
+                }
+                Ok(&p.asm[p.asm_pos..p.asm_end])
             }
         }
     }
@@ -418,7 +611,16 @@ impl BufRead for DataReader {
     fn consume(&mut self, amt: usize) {
         match &mut self.imp {
             Imp::Direct(r) => r.consume(amt),
-            Imp::Piped(p) => p.pos = (p.pos + amt).min(p.end),
+            Imp::Piped(p) => {
+                if p.framed {
+                    p.asm_pos = (p.asm_pos + amt).min(p.asm_end);
+                } else {
+                    let lane = &mut p.lanes[0];
+                    if let Some(c) = &lane.cur {
+                        lane.pos = (lane.pos + amt).min(c.len);
+                    }
+                }
+            }
         }
     }
 }

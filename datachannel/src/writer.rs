@@ -1,4 +1,12 @@
 //! The sending side of a data channel.
+//!
+//! The caller's bytes are collected into large batches (a batch is many
+//! frame blocks: [`ChannelOptions::batch_size`]); one message per batch
+//! goes to every stream worker, which writes all of its frames of the
+//! batch with ONE vectored write (header and payload slices straight from
+//! the shared batch buffer, no copy). So a gibibyte costs about a thousand
+//! hand-offs and a few thousand system calls per stream, not one of each
+//! per 16 KiB block.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem;
@@ -14,25 +22,27 @@ use crate::stack::{CodecStack, SinkAdapter};
 use crate::stream::SinkStream;
 use crate::{ChannelError, ChannelOptions};
 
-/// A block of data shared by all stream workers; its buffer goes back to
-/// the caller for reuse when the last worker is done with it.
-struct Block {
-    /// Always fully initialised (`len()` = capacity in use); `len` bytes
-    /// of it are data.
+/// A batch of data shared by all stream workers: `len` bytes cut into
+/// blocks of `block` bytes (the last one may be shorter), numbered from
+/// `seq`. Its buffer goes back to the caller for reuse when the last
+/// worker is done with it.
+struct Batch {
+    /// Always fully initialised; `len` bytes of it are data.
     buf: Vec<u8>,
     len: usize,
     seq: u32,
+    block: usize,
     recycle: Sender<Vec<u8>>,
 }
 
-impl Drop for Block {
+impl Drop for Batch {
     fn drop(&mut self) {
         let _ = self.recycle.send(mem::take(&mut self.buf));
     }
 }
 
 enum Msg {
-    Block(Arc<Block>),
+    Batch(Arc<Batch>),
     Flush,
     Finish,
 }
@@ -49,9 +59,11 @@ enum Msg {
 ///
 /// With one stream and no codec the bytes go straight to the socket in the
 /// caller's thread. Otherwise one worker thread per TCP stream owns that
-/// stream's codec stack and socket; blocks travel to the workers through
-/// bounded queues (back-pressure, bounded memory) and their buffers are
-/// recycled.
+/// stream's codec stack and socket; batches of blocks travel to the
+/// workers through bounded queues (back-pressure, bounded memory) and
+/// their buffers are recycled. Bytes are held until a batch is full; use
+/// [`send_blocks`](DataWriter::send_blocks) to send the complete blocks
+/// collected so far (a rate-limited sender), or `flush`.
 pub struct DataWriter {
     imp: Imp,
 }
@@ -59,7 +71,7 @@ pub struct DataWriter {
 impl std::fmt::Debug for DataWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.imp {
-            Imp::Direct(_) => f.write_str("DataWriter(direct)"),
+            Imp::Direct(..) => f.write_str("DataWriter(direct)"),
             Imp::Piped(p) => write!(f, "DataWriter({} streams, pipelined)", p.txs.len()),
             Imp::Done => f.write_str("DataWriter(finished)"),
         }
@@ -67,7 +79,8 @@ impl std::fmt::Debug for DataWriter {
 }
 
 enum Imp {
-    Direct(Box<dyn EncodeWriter>),
+    /// The socket itself, and the buffer size of `copy_from`.
+    Direct(Box<dyn EncodeWriter>, usize),
     Piped(Piped),
     Done,
 }
@@ -78,10 +91,22 @@ struct Piped {
     shared: Arc<Shared>,
     recycle_tx: Sender<Vec<u8>>,
     recycle_rx: Receiver<Vec<u8>>,
+    /// The batch being filled (empty `Vec` when none is).
     cur: Vec<u8>,
     cur_len: usize,
+    /// Bytes per batch (a multiple of `block_size` when framed).
+    batch_size: usize,
+    /// Framing block size (framed); equal to `batch_size` otherwise.
     block_size: usize,
+    framed: bool,
+    /// Sequence number of the next block.
     seq: u32,
+}
+
+/// Size of one batch for blocks of `block` bytes: a whole number of blocks
+/// close to `want` bytes, at least one block.
+fn batch_bytes(want: usize, block: usize) -> usize {
+    (want / block).max(1) * block
 }
 
 impl DataWriter {
@@ -99,7 +124,7 @@ impl DataWriter {
                 return Err(ChannelError::NoStreams);
             };
             return Ok(DataWriter {
-                imp: Imp::Direct(Box::new(SinkAdapter(s))),
+                imp: Imp::Direct(Box::new(SinkAdapter(s)), options.batch_size.max(4096)),
             });
         }
         let aborts = streams.iter().filter_map(|s| s.abort_handle()).collect();
@@ -110,20 +135,26 @@ impl DataWriter {
                 // One stream: give the socket its own thread, so that the
                 // codec's core does nothing but the codec.
                 Box::new(ThreadedSink::new(s, options, shared.clone())?)
+            } else if stack.is_plain() {
+                // Plain frames go out with one vectored write per batch.
+                Box::new(SinkAdapter(s))
             } else {
-                // Frames are small (block / n): batch them into fewer
-                // socket writes. Workers flush when their queue runs dry.
+                // Codecs may write small pieces (a compressor): collect
+                // them. Writes of at least the capacity (a cipher's output
+                // buffer) pass straight through.
                 Box::new(BufferedSink(io::BufWriter::with_capacity(
-                    options.single_stream_buffer.max(4096),
+                    CODEC_SINK_BUFFER,
                     SinkAdapter(s),
                 )))
             };
             stacks.push(stack.encoder(i, n, bottom)?);
         }
-        let block_size = if n == 1 {
-            options.single_stream_buffer.max(1)
+        let (block_size, batch_size) = if n == 1 {
+            let b = options.batch_size.max(4096);
+            (b, b)
         } else {
-            options.block_size.clamp(1, crate::frame::MAX_SEND_BLOCK)
+            let block = options.block_size.clamp(1, crate::frame::MAX_SEND_BLOCK);
+            (block, batch_bytes(options.batch_size, block))
         };
         let (recycle_tx, recycle_rx) = mpsc::channel();
         let mut txs = Vec::with_capacity(n);
@@ -152,19 +183,35 @@ impl DataWriter {
                 recycle_rx,
                 cur: Vec::new(),
                 cur_len: 0,
+                batch_size,
                 block_size,
+                framed: n > 1,
                 seq: 0,
             }),
         })
     }
 
     /// Copies everything from `src` until its end into the channel, reading
-    /// straight into the channel's block buffers (no extra copy). Returns
-    /// the number of bytes copied.
+    /// straight into the channel's batch buffers (no extra copy; reads of
+    /// up to [`ChannelOptions::batch_size`] bytes). Returns the number of
+    /// bytes copied.
     pub fn copy_from(&mut self, src: &mut dyn Read) -> io::Result<u64> {
         match &mut self.imp {
-            Imp::Direct(w) => io::copy(src, w),
+            Imp::Direct(w, size) => copy_direct(src, w, *size),
             Imp::Piped(p) => p.copy_from(src),
+            Imp::Done => Err(finished()),
+        }
+    }
+
+    /// Sends the complete blocks collected so far now, without waiting for
+    /// a full batch and without flushing the codecs (a partial block stays
+    /// until it is complete). For senders that pace their writes, such as
+    /// a rate-limited transfer. The blocks on the wire are the same as
+    /// without it.
+    pub fn send_blocks(&mut self) -> io::Result<()> {
+        match &mut self.imp {
+            Imp::Direct(..) => Ok(()),
+            Imp::Piped(p) => p.send_blocks(),
             Imp::Done => Err(finished()),
         }
     }
@@ -174,12 +221,32 @@ impl DataWriter {
     /// first error of any of them.
     pub fn finish(mut self) -> io::Result<()> {
         match mem::replace(&mut self.imp, Imp::Done) {
-            Imp::Direct(w) => w.finish(),
+            Imp::Direct(w, _) => w.finish(),
             Imp::Piped(p) => p.finish(),
             Imp::Done => Err(finished()),
         }
     }
 }
+
+/// `copy_from` for a plain single stream: large reads, each written out
+/// whole.
+fn copy_direct(src: &mut dyn Read, w: &mut dyn Write, size: usize) -> io::Result<u64> {
+    let mut buf = vec![0u8; size];
+    let mut total = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
+/// Buffer under the codecs of a multi-stream channel.
+const CODEC_SINK_BUFFER: usize = 64 * 1024;
 
 fn finished() -> io::Error {
     io::Error::other("data channel writer already finished")
@@ -198,7 +265,7 @@ pub(crate) fn check_count(n: usize) -> Result<(), ChannelError> {
 impl Write for DataWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         match &mut self.imp {
-            Imp::Direct(w) => w.write(data),
+            Imp::Direct(w, _) => w.write(data),
             Imp::Piped(p) => p.write(data),
             Imp::Done => Err(finished()),
         }
@@ -208,7 +275,7 @@ impl Write for DataWriter {
     /// codecs hold (a gzip sync flush). Not needed before `finish`.
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.imp {
-            Imp::Direct(w) => w.flush(),
+            Imp::Direct(w, _) => w.flush(),
             Imp::Piped(p) => p.flush(),
             Imp::Done => Err(finished()),
         }
@@ -229,33 +296,67 @@ impl Piped {
         self.shared.error("data channel worker stopped")
     }
 
+    /// A batch buffer: a recycled one if any came back, else a new one.
+    fn new_buf(&self) -> Vec<u8> {
+        let mut b = self.recycle_rx.try_recv().unwrap_or_default();
+        if b.len() != self.batch_size {
+            b.resize(self.batch_size, 0);
+        }
+        b
+    }
+
     fn ensure_buf(&mut self) {
         if self.cur.is_empty() {
-            let mut b = self.recycle_rx.try_recv().unwrap_or_default();
-            if b.len() != self.block_size {
-                b.resize(self.block_size, 0);
-            }
-            self.cur = b;
+            self.cur = self.new_buf();
             self.cur_len = 0;
         }
     }
 
+    /// Hands the current batch to every worker.
     fn dispatch(&mut self) -> io::Result<()> {
         if self.cur_len == 0 {
             return Ok(());
         }
-        let block = Arc::new(Block {
+        let len = mem::take(&mut self.cur_len);
+        let blocks = len.div_ceil(self.block_size);
+        let batch = Arc::new(Batch {
             buf: mem::take(&mut self.cur),
-            len: mem::take(&mut self.cur_len),
+            len,
             seq: self.seq,
+            block: self.block_size,
             recycle: self.recycle_tx.clone(),
         });
-        self.seq = self.seq.wrapping_add(1);
+        self.seq = self.seq.wrapping_add(blocks as u32);
         for tx in &self.txs {
-            if tx.send(Msg::Block(block.clone())).is_err() {
+            if tx.send(Msg::Batch(batch.clone())).is_err() {
                 return Err(self.error());
             }
         }
+        Ok(())
+    }
+
+    fn send_blocks(&mut self) -> io::Result<()> {
+        if self.shared.has_failed() {
+            return Err(self.error());
+        }
+        if !self.framed {
+            return self.dispatch();
+        }
+        let whole = self.cur_len / self.block_size * self.block_size;
+        if whole == 0 {
+            return Ok(());
+        }
+        if whole == self.cur_len {
+            return self.dispatch();
+        }
+        // Keep the partial block: it moves to the next batch.
+        let tail = self.cur_len - whole;
+        let mut next = self.new_buf();
+        next[..tail].copy_from_slice(&self.cur[whole..self.cur_len]);
+        self.cur_len = whole;
+        self.dispatch()?;
+        self.cur = next;
+        self.cur_len = tail;
         Ok(())
     }
 
@@ -266,11 +367,11 @@ impl Piped {
         let mut rest = data;
         while !rest.is_empty() {
             self.ensure_buf();
-            let n = (self.block_size - self.cur_len).min(rest.len());
+            let n = (self.batch_size - self.cur_len).min(rest.len());
             self.cur[self.cur_len..self.cur_len + n].copy_from_slice(&rest[..n]);
             self.cur_len += n;
             rest = &rest[n..];
-            if self.cur_len == self.block_size {
+            if self.cur_len == self.batch_size {
                 self.dispatch()?;
             }
         }
@@ -295,7 +396,7 @@ impl Piped {
             }
             self.cur_len += n;
             total += n as u64;
-            if self.cur_len == self.block_size {
+            if self.cur_len == self.batch_size {
                 self.dispatch()?;
             }
         }
@@ -335,28 +436,64 @@ impl Piped {
     }
 }
 
-/// Writes all of `bufs` (header + payload: one `writev` on a plain socket).
-fn write_all_vectored(w: &mut dyn Write, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
-    while !a.is_empty() || !b.is_empty() {
-        let n = match w.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]) {
+/// Writes all of `bufs` (one `writev` per call on a plain socket).
+fn write_all_vectored(w: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::WriteZero,
                     "failed to write frame",
                 ));
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        };
-        if n <= a.len() {
-            a = &a[n..];
-        } else {
-            b = &b[n - a.len()..];
-            a = &[];
         }
     }
     Ok(())
+}
+
+/// Writes stream `i`'s frames of every block of `b`: headers from `hdrs`
+/// (scratch space), payloads straight from the batch buffer.
+fn write_frames(
+    w: &mut dyn Write,
+    i: usize,
+    n: usize,
+    b: &Batch,
+    hdrs: &mut Vec<[u8; HEADER_LEN]>,
+) -> io::Result<()> {
+    hdrs.clear();
+    let mut off = 0;
+    let mut seq = b.seq;
+    while off < b.len {
+        let size = b.block.min(b.len - off);
+        let (_, len) = chunk_range(size, n, i);
+        hdrs.push(
+            FrameHeader {
+                stream: i as u16,
+                seq,
+                size: size as u32,
+                len: len as u32,
+            }
+            .encode(),
+        );
+        off += size;
+        seq = seq.wrapping_add(1);
+    }
+    let mut slices = Vec::with_capacity(2 * hdrs.len());
+    let mut off = 0;
+    for h in hdrs.iter() {
+        let size = b.block.min(b.len - off);
+        let (coff, len) = chunk_range(size, n, i);
+        slices.push(IoSlice::new(h));
+        if len > 0 {
+            slices.push(IoSlice::new(&b.buf[off + coff..off + coff + len]));
+        }
+        off += size;
+    }
+    write_all_vectored(w, &mut slices)
 }
 
 /// Worker of stream `i` of `n`: owns that stream's codec stack and socket.
@@ -368,18 +505,23 @@ fn worker(
     shared: Arc<Shared>,
 ) {
     let framed = n > 1;
-    let run = |enc: &mut Box<dyn EncodeWriter>| -> io::Result<bool> {
+    let mut hdrs = Vec::new();
+    let mut run = |enc: &mut Box<dyn EncodeWriter>| -> io::Result<bool> {
+        // Written since the last flush.
+        let mut dirty = false;
         loop {
             let msg = match rx.try_recv() {
                 Ok(m) => m,
                 Err(TryRecvError::Disconnected) => return Ok(false),
                 Err(TryRecvError::Empty) => {
-                    if framed {
+                    if framed && dirty {
                         // Nothing queued: push out what the codecs hold, so
                         // that a reader waiting for this stream's part of a
                         // block is never stuck behind our compressor while
                         // the other streams fill up (a deadlock otherwise
-                        // possible with round-robin readers).
+                        // possible with round-robin readers). Once per
+                        // idle spell, not per frame (every message that
+                        // follows sets `dirty` anew).
                         enc.flush()?;
                     }
                     match rx.recv() {
@@ -389,24 +531,18 @@ fn worker(
                 }
             };
             match msg {
-                Msg::Block(b) => {
-                    let data = &b.buf[..b.len];
+                Msg::Batch(b) => {
                     if framed {
-                        let (off, len) = chunk_range(b.len, n, i);
-                        let h = FrameHeader {
-                            stream: i as u16,
-                            seq: b.seq,
-                            size: b.len as u32,
-                            len: len as u32,
-                        }
-                        .encode();
-                        debug_assert_eq!(h.len(), HEADER_LEN);
-                        write_all_vectored(&mut **enc, &h, &data[off..off + len])?;
+                        write_frames(&mut **enc, i, n, &b, &mut hdrs)?;
                     } else {
-                        enc.write_all(data)?;
+                        enc.write_all(&b.buf[..b.len])?;
                     }
+                    dirty = true;
                 }
-                Msg::Flush => enc.flush()?,
+                Msg::Flush => {
+                    enc.flush()?;
+                    dirty = false;
+                }
                 Msg::Finish => return Ok(true),
             }
         }
@@ -495,7 +631,7 @@ impl ThreadedSink {
             recycle_rx,
             cur: Vec::new(),
             cur_len: 0,
-            size: options.single_stream_buffer.max(4096),
+            size: options.batch_size.max(4096),
             handle: Some(handle),
             shared,
         })
