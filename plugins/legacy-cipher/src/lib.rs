@@ -45,15 +45,8 @@
 //! # Ok(()) }
 //! ```
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 
-use aes::{Aes128, Aes192, Aes256};
-use blowfish::Blowfish;
-use cbc::cipher::array::Array;
-use cbc::cipher::typenum::Unsigned;
-use cbc::cipher::{
-    BlockModeDecrypt, BlockModeEncrypt, BlockSizeUser, InOutBuf, KeyInit, KeyIvInit,
-};
 use codec_api::{CodecDescriptor, CodecError, CodecKind, CodecParams, EncodeWriter, StreamCodec};
 
 /// Registered name of the Blowfish codec.
@@ -61,8 +54,20 @@ pub const BLOWFISH: &str = "BLOWFISH";
 /// Registered name of the AES codec.
 pub const AES: &str = "AES";
 
+mod aes_cbc;
+mod bf;
+mod bf_consts;
+
+use aes_cbc::{CbcDecrypt, CbcEncrypt};
+use bf::Bf;
+
 /// Bytes of ciphertext collected before one write to the inner writer.
-const OUT_CAP: usize = 64 * 1024;
+const OUT_CAP: usize = 256 * 1024;
+
+/// Ciphertext buffer of the reader: grows with the caller's reads between
+/// these bounds (one socket read fills it).
+const IN_MIN: usize = 64 * 1024;
+const IN_MAX: usize = 1 << 20;
 
 /// The algorithm UFTPD assumes when a transfer request has a key but no
 /// `algo`: AES if the key is 32, 40 or 48 bytes long, else BLOWFISH.
@@ -198,29 +203,14 @@ impl StreamCodec for LegacyCipher {
         let alg = self.0;
         let key = key_of(alg, params)?;
         let bad = || invalid_key(alg, key);
-        Ok(match alg {
-            Algorithm::Blowfish => Box::new(CipherWriter::new(
-                ecb::Encryptor::<Blowfish>::new_from_slice(key).map_err(|_| bad())?,
-                inner,
-            )),
+        let enc = match alg {
+            Algorithm::Blowfish => Enc::Blowfish(Box::new(Bf::new(key))),
             Algorithm::Aes => {
-                let (iv, k) = key.split_at(16);
-                match k.len() {
-                    16 => Box::new(CipherWriter::new(
-                        cbc::Encryptor::<Aes128>::new_from_slices(k, iv).map_err(|_| bad())?,
-                        inner,
-                    )),
-                    24 => Box::new(CipherWriter::new(
-                        cbc::Encryptor::<Aes192>::new_from_slices(k, iv).map_err(|_| bad())?,
-                        inner,
-                    )),
-                    _ => Box::new(CipherWriter::new(
-                        cbc::Encryptor::<Aes256>::new_from_slices(k, iv).map_err(|_| bad())?,
-                        inner,
-                    )),
-                }
+                let (iv, k) = split_iv(key).ok_or_else(bad)?;
+                Enc::Aes(Box::new(CbcEncrypt::new(k, &iv).ok_or_else(bad)?))
             }
-        })
+        };
+        Ok(Box::new(CipherWriter::new(enc, alg.block_size(), inner)))
     }
 
     fn decoder<'a>(
@@ -231,29 +221,50 @@ impl StreamCodec for LegacyCipher {
         let alg = self.0;
         let key = key_of(alg, params)?;
         let bad = || invalid_key(alg, key);
-        Ok(match alg {
-            Algorithm::Blowfish => Box::new(CipherReader::new(
-                ecb::Decryptor::<Blowfish>::new_from_slice(key).map_err(|_| bad())?,
-                inner,
-            )),
+        let dec = match alg {
+            Algorithm::Blowfish => Dec::Blowfish(Box::new(Bf::new(key))),
             Algorithm::Aes => {
-                let (iv, k) = key.split_at(16);
-                match k.len() {
-                    16 => Box::new(CipherReader::new(
-                        cbc::Decryptor::<Aes128>::new_from_slices(k, iv).map_err(|_| bad())?,
-                        inner,
-                    )),
-                    24 => Box::new(CipherReader::new(
-                        cbc::Decryptor::<Aes192>::new_from_slices(k, iv).map_err(|_| bad())?,
-                        inner,
-                    )),
-                    _ => Box::new(CipherReader::new(
-                        cbc::Decryptor::<Aes256>::new_from_slices(k, iv).map_err(|_| bad())?,
-                        inner,
-                    )),
-                }
+                let (iv, k) = split_iv(key).ok_or_else(bad)?;
+                Dec::Aes(Box::new(CbcDecrypt::new(k, &iv).ok_or_else(bad)?))
             }
-        })
+        };
+        Ok(Box::new(CipherReader::new(dec, alg.block_size(), inner)))
+    }
+}
+
+/// AES request key: 16-byte IV, then the key.
+fn split_iv(key: &[u8]) -> Option<([u8; 16], &[u8])> {
+    let (iv, k) = key.split_at_checked(16)?;
+    Some((iv.try_into().ok()?, k))
+}
+
+/// Encryption of one stream (whole blocks, input to output buffer).
+enum Enc {
+    Blowfish(Box<Bf>),
+    Aes(Box<CbcEncrypt>),
+}
+
+impl Enc {
+    fn encrypt(&mut self, input: &[u8], out: &mut [u8]) {
+        match self {
+            Enc::Blowfish(b) => b.encrypt(input, out),
+            Enc::Aes(a) => a.encrypt(input, out),
+        }
+    }
+}
+
+/// Decryption of one stream (whole blocks, input to output buffer).
+enum Dec {
+    Blowfish(Box<Bf>),
+    Aes(Box<CbcDecrypt>),
+}
+
+impl Dec {
+    fn decrypt(&mut self, input: &[u8], out: &mut [u8]) {
+        match self {
+            Dec::Blowfish(b) => b.decrypt(input, out),
+            Dec::Aes(a) => a.decrypt(input, out),
+        }
     }
 }
 
@@ -264,8 +275,9 @@ fn broken() -> io::Error {
 /// Encrypting writer: whole blocks are encrypted straight from the
 /// caller's buffer into an output buffer (no intermediate copy), which is
 /// written to the inner writer when full, on `flush` and on `finish`.
-struct CipherWriter<'a, E: BlockModeEncrypt> {
-    enc: E,
+struct CipherWriter<'a> {
+    enc: Enc,
+    bs: usize,
     inner: Box<dyn EncodeWriter + 'a>,
     /// Partial block (< block size bytes) waiting for more input.
     pend: [u8; 16],
@@ -275,12 +287,11 @@ struct CipherWriter<'a, E: BlockModeEncrypt> {
     broken: bool,
 }
 
-impl<'a, E: BlockModeEncrypt + Send> CipherWriter<'a, E> {
-    const BS: usize = <E as BlockSizeUser>::BlockSize::USIZE;
-
-    fn new(enc: E, inner: Box<dyn EncodeWriter + 'a>) -> Self {
+impl<'a> CipherWriter<'a> {
+    fn new(enc: Enc, bs: usize, inner: Box<dyn EncodeWriter + 'a>) -> Self {
         CipherWriter {
             enc,
+            bs,
             inner,
             pend: [0; 16],
             pend_len: 0,
@@ -306,31 +317,28 @@ impl<'a, E: BlockModeEncrypt + Send> CipherWriter<'a, E> {
     /// `out` at `out_len`.
     fn encrypt_into_out(&mut self, input: &[u8]) {
         let end = self.out_len + input.len();
-        if let Ok(buf) = InOutBuf::new(input, &mut self.out[self.out_len..end]) {
-            let (blocks, _tail) = buf.into_chunks::<E::BlockSize>();
-            self.enc.encrypt_blocks_inout(blocks);
-            self.out_len = end;
-        }
+        self.enc.encrypt(input, &mut self.out[self.out_len..end]);
+        self.out_len = end;
     }
 
     fn encrypt_pending(&mut self) -> io::Result<()> {
-        if self.out_len + Self::BS > self.out.len() {
+        if self.out_len + self.bs > self.out.len() {
             self.drain()?;
         }
         let pend = self.pend;
-        self.encrypt_into_out(&pend[..Self::BS]);
+        self.encrypt_into_out(&pend[..self.bs]);
         self.pend_len = 0;
         Ok(())
     }
 }
 
-impl<E: BlockModeEncrypt + Send> Write for CipherWriter<'_, E> {
+impl Write for CipherWriter<'_> {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         if self.broken {
             return Err(broken());
         }
         let total = data.len();
-        let bs = Self::BS;
+        let bs = self.bs;
         if self.pend_len > 0 {
             let take = (bs - self.pend_len).min(data.len());
             self.pend[self.pend_len..self.pend_len + take].copy_from_slice(&data[..take]);
@@ -341,10 +349,11 @@ impl<E: BlockModeEncrypt + Send> Write for CipherWriter<'_, E> {
             }
         }
         while data.len() >= bs {
-            if self.out_len == self.out.len() {
+            let room = (self.out.len() - self.out_len) / bs * bs;
+            if room == 0 {
                 self.drain()?;
+                continue;
             }
-            let room = self.out.len() - self.out_len;
             let n = (data.len() / bs * bs).min(room);
             self.encrypt_into_out(&data[..n]);
             data = &data[n..];
@@ -352,6 +361,19 @@ impl<E: BlockModeEncrypt + Send> Write for CipherWriter<'_, E> {
         if !data.is_empty() {
             self.pend[..data.len()].copy_from_slice(data);
             self.pend_len = data.len();
+        }
+        Ok(total)
+    }
+
+    /// Encrypts every slice (frame headers and payloads) in one call.
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut total = 0;
+        for b in bufs {
+            match self.write(b) {
+                Ok(n) => total += n,
+                Err(e) if total == 0 => return Err(e),
+                Err(_) => break,
+            }
         }
         Ok(total)
     }
@@ -365,12 +387,12 @@ impl<E: BlockModeEncrypt + Send> Write for CipherWriter<'_, E> {
     }
 }
 
-impl<E: BlockModeEncrypt + Send> EncodeWriter for CipherWriter<'_, E> {
+impl EncodeWriter for CipherWriter<'_> {
     fn finish(mut self: Box<Self>) -> io::Result<()> {
         if self.broken {
             return Err(broken());
         }
-        let bs = Self::BS;
+        let bs = self.bs;
         let pad = bs - self.pend_len; // 1..=bs
         let start = self.pend_len;
         self.pend[start..bs].fill(pad as u8);
@@ -381,39 +403,39 @@ impl<E: BlockModeEncrypt + Send> EncodeWriter for CipherWriter<'_, E> {
     }
 }
 
-/// Size of the staging buffers of the reader (ciphertext held back, small
-/// reads). Reads at least this large decrypt in place in the caller's
-/// buffer.
-const STAGE: usize = 64;
-
-/// Decrypting reader. Large reads go straight into the caller's buffer
-/// and are decrypted in place; the last complete block (and any partial
-/// one) is held back until more data or the end of the stream arrives, so
-/// the padding can be checked and stripped.
-struct CipherReader<'a, D: BlockModeDecrypt> {
-    dec: D,
+/// Decrypting reader. It reads the socket into its own ciphertext buffer
+/// (as much as one read brings, up to about the size of the caller's read)
+/// and decrypts from there straight into the caller's buffer. The last
+/// complete block (and any partial one) is held back until more data or
+/// the end of the stream arrives, so the padding can be checked and
+/// stripped.
+struct CipherReader<'a> {
+    dec: Dec,
+    bs: usize,
     inner: Box<dyn Read + Send + 'a>,
-    /// Ciphertext read but not yet decrypted (< 2 blocks between calls).
-    stash: [u8; STAGE],
-    stash_len: usize,
-    /// Decrypted bytes not yet handed out (small reads, final block).
-    plain: [u8; STAGE],
+    /// Ciphertext read; `input[start..end]` is not decrypted yet.
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Decrypted bytes not yet handed out (reads smaller than a block,
+    /// and the final block).
+    plain: [u8; 16],
     plain_pos: usize,
     plain_len: usize,
     started: bool,
     done: bool,
 }
 
-impl<'a, D: BlockModeDecrypt + Send> CipherReader<'a, D> {
-    const BS: usize = <D as BlockSizeUser>::BlockSize::USIZE;
-
-    fn new(dec: D, inner: Box<dyn Read + Send + 'a>) -> Self {
+impl<'a> CipherReader<'a> {
+    fn new(dec: Dec, bs: usize, inner: Box<dyn Read + Send + 'a>) -> Self {
         CipherReader {
             dec,
+            bs,
             inner,
-            stash: [0; STAGE],
-            stash_len: 0,
-            plain: [0; STAGE],
+            input: Vec::new(),
+            start: 0,
+            end: 0,
+            plain: [0; 16],
             plain_pos: 0,
             plain_len: 0,
             started: false,
@@ -421,39 +443,41 @@ impl<'a, D: BlockModeDecrypt + Send> CipherReader<'a, D> {
         }
     }
 
-    fn decrypt_in_place(dec: &mut D, buf: &mut [u8]) {
-        let (blocks, _tail) = InOutBuf::from(buf).into_chunks::<D::BlockSize>();
-        dec.decrypt_blocks_inout(blocks);
+    /// Decrypts the next block of `input` into `plain`.
+    fn decrypt_block(&mut self) -> [u8; 16] {
+        let bs = self.bs;
+        let mut block = [0u8; 16];
+        self.dec
+            .decrypt(&self.input[self.start..self.start + bs], &mut block[..bs]);
+        self.start += bs;
+        block
     }
 
     /// The inner reader is at its end: decrypt and unpad the final block.
     fn at_eof(&mut self) -> io::Result<()> {
-        let bs = Self::BS;
+        let bs = self.bs;
         if !self.started {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "encrypted stream is empty (missing the final padded block)",
             ));
         }
-        if self.stash_len != bs {
+        if self.end - self.start != bs {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "encrypted stream length is not a multiple of the cipher block size \
                  (truncated or corrupt)",
             ));
         }
-        let mut block: Array<u8, D::BlockSize> = Array::default();
-        block.copy_from_slice(&self.stash[..bs]);
-        self.dec.decrypt_block(&mut block);
-        self.stash_len = 0;
+        let block = self.decrypt_block();
         let pad = block[bs - 1] as usize;
-        if pad == 0 || pad > bs || block[bs - pad..].iter().any(|&b| b as usize != pad) {
+        if pad == 0 || pad > bs || block[bs - pad..bs].iter().any(|&b| b as usize != pad) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "encrypted stream has invalid padding (wrong key, or corrupt or truncated data)",
             ));
         }
-        self.plain[..bs - pad].copy_from_slice(&block[..bs - pad]);
+        self.plain = block;
         self.plain_pos = 0;
         self.plain_len = bs - pad;
         self.done = true;
@@ -461,9 +485,9 @@ impl<'a, D: BlockModeDecrypt + Send> CipherReader<'a, D> {
     }
 }
 
-impl<D: BlockModeDecrypt + Send> Read for CipherReader<'_, D> {
+impl Read for CipherReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let bs = Self::BS;
+        let bs = self.bs;
         if buf.is_empty() {
             return Ok(0);
         }
@@ -477,46 +501,44 @@ impl<D: BlockModeDecrypt + Send> Read for CipherReader<'_, D> {
             if self.done {
                 return Ok(0);
             }
-            if buf.len() >= 4 * STAGE {
-                // Large read: ciphertext straight into the caller's buffer.
-                let k = self.stash_len;
-                buf[..k].copy_from_slice(&self.stash[..k]);
-                let r = self.inner.read(&mut buf[k..])?;
-                if r == 0 {
-                    self.at_eof()?;
+            // Whole blocks ready, holding back the last complete one.
+            let whole = (self.end - self.start) / bs * bs;
+            let ready = whole.saturating_sub(bs);
+            if ready > 0 {
+                let k = ready.min(buf.len() / bs * bs);
+                if k == 0 {
+                    // A read smaller than a block: one block into `plain`.
+                    self.plain = self.decrypt_block();
+                    self.plain_pos = 0;
+                    self.plain_len = bs;
                     continue;
                 }
-                self.started = true;
-                let t = k + r;
-                let whole = t - t % bs;
-                // Hold back the last complete block and any partial one.
-                let ready = whole.saturating_sub(bs);
-                self.stash_len = t - ready;
-                self.stash[..t - ready].copy_from_slice(&buf[ready..t]);
-                if ready == 0 {
-                    continue;
-                }
-                Self::decrypt_in_place(&mut self.dec, &mut buf[..ready]);
-                return Ok(ready);
+                self.dec
+                    .decrypt(&self.input[self.start..self.start + k], &mut buf[..k]);
+                self.start += k;
+                return Ok(k);
             }
-            // Small read: stage through the internal buffers.
-            let r = self.inner.read(&mut self.stash[self.stash_len..])?;
+            // Fewer than two blocks left: move them to the front (a few
+            // bytes) and read more.
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            let want = (buf.len() + 2 * bs).clamp(IN_MIN, IN_MAX);
+            if self.input.len() < want {
+                self.input.resize(want, 0);
+            }
+            let r = loop {
+                match self.inner.read(&mut self.input[self.end..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    r => break r?,
+                }
+            };
             if r == 0 {
                 self.at_eof()?;
                 continue;
             }
             self.started = true;
-            let t = self.stash_len + r;
-            let whole = t - t % bs;
-            let ready = whole.saturating_sub(bs);
-            if ready > 0 {
-                self.plain[..ready].copy_from_slice(&self.stash[..ready]);
-                Self::decrypt_in_place(&mut self.dec, &mut self.plain[..ready]);
-                self.plain_pos = 0;
-                self.plain_len = ready;
-                self.stash.copy_within(ready..t, 0);
-            }
-            self.stash_len = t - ready;
+            self.end += r;
         }
     }
 }
