@@ -543,13 +543,16 @@ impl Client {
             total = io::copy(&mut limited, out)?;
         } else {
             // Codecs and framing end at their verified end of stream.
-            let mut buf = vec![0u8; 1 << 20];
+            // Written straight from the channel's buffers (no copy for a
+            // single codec stream, large pieces for several streams).
             loop {
-                let n = reader.read(&mut buf)?;
-                if n == 0 {
+                let buf = reader.fill_buf()?;
+                if buf.is_empty() {
                     break;
                 }
-                out.write_all(&buf[..n])?;
+                let n = buf.len();
+                out.write_all(buf)?;
+                reader.consume(n);
                 total += n as u64;
             }
         }
@@ -639,18 +642,8 @@ impl Client {
         self.expect(&format!("{verb} {path}"), 150)?;
         let mut w = DataWriter::new(conns, &self.stack, &self.channel)
             .map_err(|e| ClientError::Io(e.into()))?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            w.write_all(&buf[..n])?;
-            total += n as u64;
-        }
+        // Reads straight into the channel's buffers.
+        let total = w.copy_from(src)?;
         w.finish()?;
         let done = self.read_reply()?;
         if done.code != 226 {

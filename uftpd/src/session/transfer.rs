@@ -2,7 +2,7 @@
 //! for plain downloads, large-buffer loops otherwise, and a token-bucket
 //! rate limiter.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
@@ -396,6 +396,8 @@ pub fn send_to_channel(
             Err(e) => return Err(TransferError::File(src.error.take().unwrap_or(e))),
         };
         w.write_all(&buf[..n]).map_err(TransferError::Network)?;
+        // Paced: send the complete blocks now rather than a batch later.
+        w.send_blocks().map_err(TransferError::Network)?;
         sent += n as u64;
         r.take(n);
     }
@@ -405,30 +407,32 @@ pub fn send_to_channel(
 /// Receives everything a codec / multi-stream channel delivers into
 /// `file`; at most `limit` bytes are written, more is an error. Returns the
 /// bytes written.
+///
+/// Writes straight from the channel's buffers (`BufRead`): a single-stream
+/// codec channel hands out the buffers its decoder filled, a multi-stream
+/// one puts its frames together in one large buffer, so the file is
+/// written in large pieces without another copy.
 pub fn receive_from_channel(
     r: &mut DataReader,
     file: &mut dyn WriteHandle,
     limit: Option<u64>,
     p: Params<'_>,
 ) -> Result<u64, TransferError> {
-    let Params {
-        buffer_size,
-        mut rate,
-        ..
-    } = p;
-    let mut buf = vec![0u8; buffer_size.max(4096)];
+    let Params { mut rate, .. } = p;
     let mut total = 0u64;
     loop {
-        let mut want = buf.len();
-        if let Some(l) = rate.as_deref() {
-            want = want.min(l.chunk());
-        }
-        let n = match r.read(&mut buf[..want]) {
-            Ok(0) => break,
-            Ok(n) => n,
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(TransferError::Network(e)),
         };
+        if buf.is_empty() {
+            break;
+        }
+        let mut n = buf.len();
+        if let Some(l) = rate.as_deref() {
+            n = n.min(l.chunk().max(1));
+        }
         if let Some(l) = limit
             && total + n as u64 > l
         {
@@ -438,6 +442,7 @@ pub fn receive_from_channel(
             )));
         }
         file.write_all(&buf[..n]).map_err(TransferError::File)?;
+        r.consume(n);
         total += n as u64;
         if let Some(l) = rate.as_deref_mut() {
             l.take(n);
