@@ -517,3 +517,26 @@ def test_truncated_chacha_zstd_upload_inner_frame_cut(csite):
     wire = seal_stream(stack.key, frame[:-4], 0, 1)
     final, c = raw_stor(csite, stack, [wire])
     assert_refused_and_usable(final, c, stack, 1, "inner zstd frame cut")
+
+
+# ---------------------------------------------------------------- server-to-server copy
+@pytest.mark.parametrize("verb", ["SEND-FILE", "RECEIVE-FILE"])
+def test_server_to_server_copy_carries_the_extensions(csite, daemon_factory, site_factory, verb):
+    """SEND-FILE / RECEIVE-FILE from a ChaCha20-Poly1305 + zstd session use
+    the same codecs towards the other server (PROTOCOL.md section 9)."""
+    from test_rcp import start, wait_done
+    remote = site_factory(daemon=daemon_factory(name="remote uftpd"))
+    fields = ExtStack(chacha=True, zstd=True).request_fields()
+    data = payload(1_500_000)
+    (csite if verb == "SEND-FILE" else remote).put("a.bin", data=data)
+    secret = remote.announce_ok(**fields)
+    c = csite.control(**fields)
+    assert c.cmd("NOOP 2").code == 222
+    cid = start(c, verb, "a.bin", "a.bin", remote, secret)
+    assert wait_done(c, cid) == "299 FINISHED"
+    assert (remote if verb == "SEND-FILE" else csite).path("a.bin").read_bytes() == data
+    # the copy fails cleanly, not garbled, if the other session lacks zstd
+    plain = remote.announce_ok(key=fields["key"], algo=CHACHA, compress="false")
+    cid = start(c, verb, "a.bin", "b.bin", remote, plain)
+    status = wait_done(c, cid)
+    assert status.startswith("299 FAILED") and "COMPRESS zstd" in status, status
