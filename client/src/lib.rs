@@ -133,8 +133,8 @@ pub const CHACHA20_POLY1305: &str = uftpd_chacha20poly1305::NAME;
 /// The FEAT line of a session compressed with zstd.
 pub const FEAT_COMPRESS_ZSTD: &str = "COMPRESS zstd";
 
-/// Client settings for one session.
-#[derive(Debug, Clone)]
+/// Client settings for one session. `Debug` shows the key's length only.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Parallel TCP streams per data channel (1 = plain FTP).
     pub streams: usize,
@@ -149,6 +149,25 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Use EPSV instead of PASV.
     pub epsv: bool,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("streams", &self.streams)
+            .field(
+                "key",
+                &self
+                    .key
+                    .as_ref()
+                    .map(|k| format!("{} bytes, redacted", k.len())),
+            )
+            .field("algo", &self.algo)
+            .field("compress", &self.compress)
+            .field("timeout", &self.timeout)
+            .field("epsv", &self.epsv)
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -933,6 +952,16 @@ mod tests {
             compress,
             ..ClientOptions::default()
         }
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let o = ext_opts(Some(CHACHA20_POLY1305), 32, Compression::Zstd);
+        let s = format!("{o:?}");
+        assert!(
+            s.contains("32 bytes, redacted") && !s.contains("3, 3"),
+            "{s}"
+        );
     }
 
     #[test]
