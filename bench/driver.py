@@ -47,10 +47,20 @@ def record_pid(pid):
             f.write(f"{pid}\n")
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind((LOOP, 0))
-        return s.getsockname()[1]
+    """A port free right now and not handed out before in this run (two
+    quick bind-and-close probes can return the same port)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind((LOOP, 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
+    raise RuntimeError("no free port found")
 
 
 def loadavg():
