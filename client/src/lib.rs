@@ -47,6 +47,9 @@ pub enum ClientError {
     /// The server's reply could not be understood.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The server closed the control connection.
+    #[error("control connection closed by the server")]
+    Closed,
     /// A codec could not be set up (bad key, unknown algorithm).
     #[error("codec: {0}")]
     Codec(String),
@@ -353,9 +356,7 @@ impl Client {
             let mut line = String::new();
             let n = self.reader.read_line(&mut line)?;
             if n == 0 {
-                return Err(ClientError::Protocol(
-                    "control connection closed by the server".into(),
-                ));
+                return Err(ClientError::Closed);
             }
             let line = line.trim_end_matches(['\r', '\n']).to_string();
             let c = line
@@ -844,7 +845,24 @@ impl Client {
 
     /// Ends the session.
     pub fn quit(mut self) -> Result<(), ClientError> {
-        self.expect("QUIT", 221).map(|_| ())
+        match self.command("QUIT") {
+            Ok(r) if r.code == 221 => Ok(()),
+            Ok(r) => Err(ClientError::Server {
+                command: "QUIT".into(),
+                reply: r,
+            }),
+            // UFTPD 3.x closes the connection on QUIT without a reply.
+            Err(ClientError::Closed) => Ok(()),
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

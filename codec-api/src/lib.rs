@@ -336,8 +336,12 @@ impl<W: Write + Send> EncodeWriter for PlainSink<W> {
 
 /// A stream codec: makes encoders and decoders for single TCP streams.
 ///
-/// Implementations are stateless factories (`Send + Sync`); all per-stream
-/// state lives in the encoder/decoder they return. See the
+/// Implementations are factories (`Send + Sync`); all per-stream state
+/// lives in the encoder/decoder they return. A codec instance may keep
+/// state across the streams it makes (the ChaCha20-Poly1305 codec remembers
+/// the salts it issued and accepted, so that a stream replayed within one
+/// session is refused): use one instance (one `CodecStack`) per session and
+/// side, not one shared by a sender and a receiver. See the
 /// [crate documentation](crate) for a complete example.
 pub trait StreamCodec: Send + Sync + fmt::Debug {
     /// The registered name, e.g. `"gzip"`, `"AES"`, `"BLOWFISH"`.

@@ -45,7 +45,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
 
 /// Default gzip level of compressed data channels: on-the-fly compression
 /// is about throughput, and level 1 compresses several times faster than
-/// 6 for a few percent less ratio (UFTPD 3.x used Python's default, 9).
+/// 6 for a few percent less ratio (UFTPD 3.x used zlib's default, 6).
 pub const DEFAULT_GZIP_LEVEL: u32 = 1;
 
 /// A configuration error; the message names the variable or the file.

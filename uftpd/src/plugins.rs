@@ -359,7 +359,7 @@ pub fn print_list(config: &Config) -> Result<(), PluginError> {
     load_dynamic(&config.plugins)?;
     for p in list() {
         println!(
-            "{:<10} {:<16} {:<8} {}",
+            "{:<10} {:<20} {:<8} {}",
             p.role, p.name, p.version, p.origin
         );
     }
