@@ -213,7 +213,11 @@ mod tests {
                 let data: Vec<u8> = (0..8 * blocks).map(|_| rnd()).collect();
                 let mut ours = vec![0u8; data.len()];
                 bf.encrypt(&data, &mut ours);
-                assert_eq!(ours, reference(&key, &data, true), "key {key_len} blocks {blocks}");
+                assert_eq!(
+                    ours,
+                    reference(&key, &data, true),
+                    "key {key_len} blocks {blocks}"
+                );
                 let mut back = vec![0u8; data.len()];
                 bf.decrypt(&ours, &mut back);
                 assert_eq!(back, data);
