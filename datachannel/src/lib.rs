@@ -62,6 +62,7 @@
 //! ```
 
 pub mod frame;
+mod mapped;
 pub mod pipe;
 mod reader;
 mod shared;
@@ -73,7 +74,7 @@ pub use codec_api::{CodecError, CodecParams};
 pub use reader::DataReader;
 pub use stack::CodecStack;
 pub use stream::{Abort, SinkStream, SourceStream};
-pub use writer::DataWriter;
+pub use writer::{DataWriter, SendFileError};
 
 /// Tuning of a data channel. The defaults suit the UFTP wire format.
 #[derive(Debug, Clone)]

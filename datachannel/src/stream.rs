@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -31,6 +32,14 @@ pub trait SinkStream: Write + Send + 'static {
     /// supports it. Used to stop the other streams of a channel when one
     /// fails, so that no thread stays blocked on a dead transfer.
     fn abort_handle(&self) -> Option<Arc<dyn Abort>> {
+        None
+    }
+
+    /// The descriptor to write to directly, if this is a socket or file:
+    /// lets a plain multi-stream writer send file pages with `writev`
+    /// (see [`DataWriter::send_file`](crate::DataWriter::send_file)).
+    /// Writes through it must be equivalent to `write`s on the stream.
+    fn raw_fd(&self) -> Option<RawFd> {
         None
     }
 }
@@ -62,6 +71,10 @@ impl SinkStream for TcpStream {
             .ok()
             .map(|s| Arc::new(TcpAbort(s)) as Arc<dyn Abort>)
     }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
 impl SourceStream for TcpStream {
@@ -89,6 +102,10 @@ impl SinkStream for UnixStream {
             .ok()
             .map(|s| Arc::new(UnixAbort(s)) as Arc<dyn Abort>)
     }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
 impl SourceStream for UnixStream {
@@ -97,7 +114,11 @@ impl SourceStream for UnixStream {
     }
 }
 
-impl SinkStream for File {}
+impl SinkStream for File {
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
+}
 impl SourceStream for File {}
 
 impl SinkStream for Box<dyn SinkStream> {
@@ -107,6 +128,10 @@ impl SinkStream for Box<dyn SinkStream> {
 
     fn abort_handle(&self) -> Option<Arc<dyn Abort>> {
         (**self).abort_handle()
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        (**self).raw_fd()
     }
 }
 

@@ -10,6 +10,7 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::mem;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::thread::{self, JoinHandle};
@@ -17,6 +18,7 @@ use std::thread::{self, JoinHandle};
 use codec_api::EncodeWriter;
 
 use crate::frame::{FrameHeader, HEADER_LEN, chunk_range};
+use crate::mapped::{self, MappedBatch, Mapping};
 use crate::shared::Shared;
 use crate::stack::{CodecStack, SinkAdapter};
 use crate::stream::SinkStream;
@@ -43,6 +45,8 @@ impl Drop for Batch {
 
 enum Msg {
     Batch(Arc<Batch>),
+    /// A batch of a mapped file (plain multi-stream channels only).
+    Mapped(Arc<MappedBatch>),
     Flush,
     Finish,
 }
@@ -99,8 +103,29 @@ struct Piped {
     /// Framing block size (framed); equal to `batch_size` otherwise.
     block_size: usize,
     framed: bool,
+    /// Plain multi-stream over descriptors: `send_file` may map files.
+    mappable: bool,
     /// Sequence number of the next block.
     seq: u32,
+}
+
+/// A batch of a mapped file is this many ordinary batches: it costs no
+/// buffer, and larger `writev`s mean fewer wake-ups per byte.
+const MAP_BATCH_SCALE: usize = 4;
+
+/// Mapped batches per mapping of [`DataWriter::send_file`].
+const MAP_BATCHES: usize = 4;
+
+/// Why [`DataWriter::send_file`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendFileError {
+    /// The file could not be mapped after part of it was sent.
+    #[error("file: {0}")]
+    File(io::Error),
+    /// The data channel failed.
+    #[error("{0}")]
+    Channel(io::Error),
 }
 
 /// Size of one batch for blocks of `block` bytes: a whole number of blocks
@@ -129,19 +154,26 @@ impl DataWriter {
         }
         let aborts = streams.iter().filter_map(|s| s.abort_handle()).collect();
         let shared = Arc::new(Shared::new(aborts));
+        // Plain frames can go out of a mapped file with writev(2) when every
+        // stream has a descriptor.
+        let fds: Option<Vec<RawFd>> = if n > 1 && stack.is_plain() {
+            streams.iter().map(|s| s.raw_fd()).collect()
+        } else {
+            None
+        };
+        let mappable = fds.is_some();
         let mut stacks = Vec::with_capacity(n);
         for (i, s) in streams.into_iter().enumerate() {
-            let bottom: Box<dyn EncodeWriter> = if n == 1 {
-                // One stream: give the socket its own thread, so that the
-                // codec's core does nothing but the codec.
-                Box::new(ThreadedSink::new(s, options, shared.clone())?)
-            } else if stack.is_plain() {
+            let bottom: Box<dyn EncodeWriter> = if stack.is_plain() {
                 // Plain frames go out with one vectored write per batch.
                 Box::new(SinkAdapter(s))
             } else {
-                // Codecs may write small pieces (a compressor): collect
-                // them. Writes of at least the capacity (a cipher's output
-                // buffer) pass straight through.
+                // The codecs' worker writes the socket itself: a hand-off
+                // to a socket thread would cost a copy of every byte and
+                // as much CPU as the socket write it moves. Codecs may
+                // write small pieces (a compressor): collect them; writes
+                // of at least the capacity (a cipher's output buffer)
+                // pass straight through.
                 Box::new(BufferedSink(io::BufWriter::with_capacity(
                     CODEC_SINK_BUFFER,
                     SinkAdapter(s),
@@ -162,9 +194,10 @@ impl DataWriter {
         for (i, enc) in stacks.into_iter().enumerate() {
             let (tx, rx) = mpsc::sync_channel(options.queue_depth.max(1));
             let sh = shared.clone();
+            let fd = fds.as_ref().and_then(|f| f.get(i).copied());
             let h = thread::Builder::new()
                 .name(format!("uftp-dc-w{i}"))
-                .spawn(move || worker(i, n, rx, enc, sh));
+                .spawn(move || worker(i, n, rx, enc, fd, sh));
             match h {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -186,6 +219,7 @@ impl DataWriter {
                 batch_size,
                 block_size,
                 framed: n > 1,
+                mappable,
                 seq: 0,
             }),
         })
@@ -200,6 +234,36 @@ impl DataWriter {
             Imp::Direct(w, size) => copy_direct(src, w, *size),
             Imp::Piped(p) => p.copy_from(src),
             Imp::Done => Err(finished()),
+        }
+    }
+
+    /// Sends up to `len` bytes of `file` from its current position (and
+    /// moves the position past them), like [`copy_from`](Self::copy_from)
+    /// over the file, but on a plain multi-stream channel without copying
+    /// the file into user memory: the file is mapped in windows of a few
+    /// batches, and each stream worker hands the kernel its frames with
+    /// `writev` vectors pointing into the mapping (one copy, page cache to
+    /// socket, instead of two). The bytes on the wire are the same.
+    ///
+    /// Returns `Ok(None)`, having sent nothing of the file, where this
+    /// does not apply (codecs, one stream, a stream without a descriptor,
+    /// not a regular file, a file that cannot be mapped): use `copy_from`.
+    /// Otherwise the bytes sent, fewer than `len` if the file is shorter.
+    ///
+    /// The mapping is never read by this process (only by the kernel), so
+    /// a file truncated meanwhile fails the transfer with an error instead
+    /// of a SIGBUS. Like `sendfile`, a file changed meanwhile sends what
+    /// the page cache holds when the kernel copies it. The descriptor is
+    /// not used after this returns (the mappings are).
+    pub fn send_file(
+        &mut self,
+        file: BorrowedFd<'_>,
+        len: u64,
+    ) -> Result<Option<u64>, SendFileError> {
+        match &mut self.imp {
+            Imp::Piped(p) if p.mappable => p.send_file(file, len),
+            Imp::Done => Err(SendFileError::Channel(finished())),
+            _ => Ok(None),
         }
     }
 
@@ -245,7 +309,7 @@ fn copy_direct(src: &mut dyn Read, w: &mut dyn Write, size: usize) -> io::Result
     }
 }
 
-/// Buffer under the codecs of a multi-stream channel.
+/// Buffer under the codecs.
 const CODEC_SINK_BUFFER: usize = 64 * 1024;
 
 fn finished() -> io::Error {
@@ -402,6 +466,61 @@ impl Piped {
         }
     }
 
+    fn send_file(&mut self, file: BorrowedFd<'_>, len: u64) -> Result<Option<u64>, SendFileError> {
+        use SendFileError::{Channel, File};
+        if self.shared.has_failed() {
+            return Err(Channel(self.error()));
+        }
+        let Some((size, pos)) = mapped::size_and_position(file) else {
+            return Ok(None);
+        };
+        let end = size.min(pos.saturating_add(len)).max(pos);
+        let page = mapped::page_size();
+        let batch = MAP_BATCH_SCALE * self.batch_size;
+        let window = (MAP_BATCHES * batch) as u64;
+        let mut at = pos;
+        while at < end {
+            if self.shared.has_failed() {
+                return Err(Channel(self.error()));
+            }
+            let base = at - at % page;
+            let take = (end - at).min(window);
+            let map_len = usize::try_from(at - base + take)
+                .map_err(|_| File(io::Error::other("mapping too large")))?;
+            let map = match Mapping::map(file, base, map_len) {
+                Ok(m) => Arc::new(m),
+                // Nothing of the file sent yet: the caller reads instead.
+                Err(_) if at == pos => return Ok(None),
+                Err(e) => return Err(File(e)),
+            };
+            if at == pos {
+                // Bytes written before go first.
+                self.dispatch().map_err(Channel)?;
+            }
+            let mut off = (at - base) as usize;
+            while off < map_len {
+                let blen = (map_len - off).min(batch);
+                let batch = Arc::new(MappedBatch {
+                    map: map.clone(),
+                    off,
+                    len: blen,
+                    seq: self.seq,
+                    block: self.block_size,
+                });
+                self.seq = self.seq.wrapping_add(blen.div_ceil(self.block_size) as u32);
+                for tx in &self.txs {
+                    if tx.send(Msg::Mapped(batch.clone())).is_err() {
+                        return Err(Channel(self.error()));
+                    }
+                }
+                off += blen;
+            }
+            at += take;
+        }
+        mapped::seek_to(file, end);
+        Ok(Some(end - pos))
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.dispatch()?;
         for tx in &self.txs {
@@ -502,6 +621,7 @@ fn worker(
     n: usize,
     rx: Receiver<Msg>,
     mut enc: Box<dyn EncodeWriter>,
+    fd: Option<RawFd>,
     shared: Arc<Shared>,
 ) {
     let framed = n > 1;
@@ -537,6 +657,17 @@ fn worker(
                     } else {
                         enc.write_all(&b.buf[..b.len])?;
                     }
+                    dirty = true;
+                }
+                Msg::Mapped(b) => {
+                    // Plain stack: `enc` is the socket itself and holds
+                    // nothing back, so writing its descriptor keeps order.
+                    let Some(fd) = fd else {
+                        return Err(io::Error::other(
+                            "mapped data for a stream without a descriptor",
+                        ));
+                    };
+                    mapped::write_mapped(fd, i, n, &b, &mut hdrs)?;
                     dirty = true;
                 }
                 Msg::Flush => {
@@ -579,123 +710,7 @@ fn peer_closed(e: &io::Error) -> bool {
     )
 }
 
-enum IoMsg {
-    Data(Vec<u8>, usize),
-    Flush,
-    Finish,
-}
-
-/// Bottom of a single-stream encoder stack: collects the encoded bytes
-/// into buffers that a separate thread writes to the socket.
-struct ThreadedSink {
-    tx: Option<SyncSender<IoMsg>>,
-    recycle_rx: Receiver<Vec<u8>>,
-    cur: Vec<u8>,
-    cur_len: usize,
-    size: usize,
-    handle: Option<JoinHandle<()>>,
-    shared: Arc<Shared>,
-}
-
-impl ThreadedSink {
-    fn new<S: SinkStream>(
-        mut sink: S,
-        options: &ChannelOptions,
-        shared: Arc<Shared>,
-    ) -> io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<IoMsg>(options.queue_depth.max(1));
-        let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
-        let sh = shared.clone();
-        let handle = thread::Builder::new()
-            .name("uftp-dc-io".into())
-            .spawn(move || {
-                let r = (|| -> io::Result<()> {
-                    while let Ok(m) = rx.recv() {
-                        match m {
-                            IoMsg::Data(b, len) => {
-                                sink.write_all(&b[..len])?;
-                                let _ = recycle_tx.send(b);
-                            }
-                            IoMsg::Flush => sink.flush()?,
-                            IoMsg::Finish => return sink.finish_write(),
-                        }
-                    }
-                    Ok(()) // encoder dropped without finish: no trailer
-                })();
-                if let Err(e) = r {
-                    sh.fail(Some(0), &e);
-                }
-            })?;
-        Ok(ThreadedSink {
-            tx: Some(tx),
-            recycle_rx,
-            cur: Vec::new(),
-            cur_len: 0,
-            size: options.batch_size.max(4096),
-            handle: Some(handle),
-            shared,
-        })
-    }
-
-    fn send(&mut self, m: IoMsg) -> io::Result<()> {
-        match &self.tx {
-            Some(tx) if tx.send(m).is_ok() => Ok(()),
-            _ => Err(self.shared.error("socket writer stopped")),
-        }
-    }
-
-    fn send_cur(&mut self) -> io::Result<()> {
-        if self.cur_len > 0 {
-            let b = mem::take(&mut self.cur);
-            let len = mem::take(&mut self.cur_len);
-            self.send(IoMsg::Data(b, len))?;
-        }
-        Ok(())
-    }
-}
-
-impl Write for ThreadedSink {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.cur.is_empty() {
-            let mut b = self.recycle_rx.try_recv().unwrap_or_default();
-            b.resize(self.size, 0);
-            self.cur = b;
-            self.cur_len = 0;
-        }
-        let n = (self.size - self.cur_len).min(data.len());
-        self.cur[self.cur_len..self.cur_len + n].copy_from_slice(&data[..n]);
-        self.cur_len += n;
-        if self.cur_len == self.size {
-            self.send_cur()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.send_cur()?;
-        self.send(IoMsg::Flush)
-    }
-}
-
-impl EncodeWriter for ThreadedSink {
-    fn finish(mut self: Box<Self>) -> io::Result<()> {
-        let sent = self.send_cur().and_then(|()| self.send(IoMsg::Finish));
-        self.tx = None;
-        if let Some(h) = self.handle.take()
-            && h.join().is_err()
-        {
-            self.shared
-                .fail(Some(0), &io::Error::other("socket writer panicked"));
-        }
-        sent?;
-        if self.shared.has_failed() {
-            return Err(self.shared.error("socket writer failed"));
-        }
-        Ok(())
-    }
-}
-
-/// Bottom of a multi-stream encoder stack: a buffered socket.
+/// Bottom of a codec stack: a buffered socket.
 struct BufferedSink<S: SinkStream>(io::BufWriter<SinkAdapter<S>>);
 
 impl<S: SinkStream> Write for BufferedSink<S> {

@@ -30,7 +30,10 @@ fn capture_with(
 #[test]
 fn send_blocks_and_batch_size_keep_the_wire_format() {
     let d = data(200_000, 5);
-    for (name, stack) in all_stacks().into_iter().filter(|(n, _)| !n.contains("gzip")) {
+    for (name, stack) in all_stacks()
+        .into_iter()
+        .filter(|(n, _)| !n.contains("gzip"))
+    {
         for n in [2usize, 3, 4] {
             let opts = ChannelOptions::default();
             let whole = capture_with(n, &stack, &opts, |w| w.write_all(&d));
@@ -88,7 +91,10 @@ fn large_foreign_blocks_are_read() {
                 }
                 let got = decode_streams(&streams, &plain, read_size)
                     .unwrap_or_else(|e| panic!("n={n} block={block}: {e}"));
-                assert!(got == d, "n={n} block={block} read={read_size}: data differs");
+                assert!(
+                    got == d,
+                    "n={n} block={block} read={read_size}: data differs"
+                );
             }
         }
     }
@@ -113,7 +119,7 @@ fn read_and_fill_buf_mix() {
             let mut k = 0usize;
             loop {
                 k += 1;
-                if k % 3 == 0 {
+                if k.is_multiple_of(3) {
                     let b = r.fill_buf().unwrap_or_else(|e| panic!("{name} n={n}: {e}"));
                     if b.is_empty() {
                         break;

@@ -1,0 +1,203 @@
+//! Sending a file over a plain multi-stream channel without copying it
+//! into user memory: the file is mapped in windows, and each stream worker
+//! hands the kernel `writev` vectors of its frame headers and of payload
+//! slices inside the mapping; the kernel copies page cache -> socket once
+//! (a read into a buffer and a write from it copy every byte twice).
+//!
+//! The mapping is NEVER read by this process, only by the kernel as the
+//! source of `writev`, and no Rust reference to it is ever made. That is
+//! what makes a file that shrinks under us harmless: a page beyond the new
+//! end makes `writev` fail with `EFAULT` (a fault inside a system call is
+//! reported as an error), where a read from user space would raise SIGBUS.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::ptr;
+
+use crate::frame::{FrameHeader, HEADER_LEN, chunk_range};
+
+/// A read-only shared mapping of part of a file.
+pub(crate) struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is only an address range handed to the kernel
+// (`writev` sources) and unmapped once, by whichever thread drops the last
+// reference; no thread reads or writes it.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`: shared references only read the address.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are a mapping made by `map` and not yet
+        // unmapped; nothing refers into it any more (the last batch using
+        // it is being dropped).
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` from `offset` (a multiple of the page
+    /// size) for reading.
+    pub(crate) fn map(file: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<Mapping> {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        // SAFETY: a new shared read-only mapping chosen by the kernel; it
+        // overlaps nothing of ours and is unmapped in `Drop`.
+        let ptr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: advice on our own mapping; failure is harmless.
+        unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
+        Ok(Mapping { ptr, len })
+    }
+
+    /// Length of the mapping.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Bytes `[off, off + len)` of a mapping, cut into blocks of `block`
+/// bytes numbered from `seq`: one batch of a mapped file.
+pub(crate) struct MappedBatch {
+    pub(crate) map: std::sync::Arc<Mapping>,
+    pub(crate) off: usize,
+    pub(crate) len: usize,
+    pub(crate) seq: u32,
+    pub(crate) block: usize,
+}
+
+/// Size of a page (mapping offsets are multiples of it).
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
+/// Size and current position of a regular file; `None` for anything else
+/// (or when the descriptor cannot tell).
+pub(crate) fn size_and_position(file: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    let fd = file.as_raw_fd();
+    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open (borrowed); `st` is a writable stat buffer.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    // SAFETY: lseek on an open descriptor; SEEK_CUR by 0 only reads the
+    // position.
+    let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+    Some((u64::try_from(st.st_size).ok()?, u64::try_from(pos).ok()?))
+}
+
+/// Moves the file position to `to`.
+pub(crate) fn seek_to(file: BorrowedFd<'_>, to: u64) {
+    if let Ok(to) = libc::off_t::try_from(to) {
+        // SAFETY: lseek on an open (borrowed) descriptor.
+        unsafe { libc::lseek(file.as_raw_fd(), to, libc::SEEK_SET) };
+    }
+}
+
+/// Largest vector one `writev` takes (IOV_MAX on Linux).
+const IOV_MAX: usize = 1024;
+
+/// Writes stream `i`'s frames of every block of `b` to the socket `fd`:
+/// headers from `hdrs` (scratch space), payloads from the mapping.
+pub(crate) fn write_mapped(
+    fd: RawFd,
+    i: usize,
+    n: usize,
+    b: &MappedBatch,
+    hdrs: &mut Vec<[u8; HEADER_LEN]>,
+) -> io::Result<()> {
+    hdrs.clear();
+    let mut off = 0;
+    let mut seq = b.seq;
+    while off < b.len {
+        let size = b.block.min(b.len - off);
+        let (_, len) = chunk_range(size, n, i);
+        hdrs.push(
+            FrameHeader {
+                stream: i as u16,
+                seq,
+                size: size as u32,
+                len: len as u32,
+            }
+            .encode(),
+        );
+        off += size;
+        seq = seq.wrapping_add(1);
+    }
+    let base = b.map.ptr.cast::<u8>();
+    let mut iov = Vec::with_capacity(2 * hdrs.len());
+    let mut off = 0;
+    for h in hdrs.iter() {
+        let size = b.block.min(b.len - off);
+        let (coff, len) = chunk_range(size, n, i);
+        iov.push(libc::iovec {
+            iov_base: h.as_ptr().cast_mut().cast(),
+            iov_len: HEADER_LEN,
+        });
+        if len > 0 {
+            // Address arithmetic only: within the mapping, never read here.
+            let at = b.off + off + coff;
+            debug_assert!(at + len <= b.map.len());
+            iov.push(libc::iovec {
+                iov_base: base.wrapping_add(at).cast(),
+                iov_len: len,
+            });
+        }
+        off += size;
+    }
+    let mut k = 0;
+    while k < iov.len() {
+        let cnt = (iov.len() - k).min(IOV_MAX) as libc::c_int;
+        // SAFETY: `iov[k..k + cnt]` describe the headers in `hdrs` (alive,
+        // not moved during the call) and ranges inside a live mapping (the
+        // batch holds it); the kernel only reads them. A mapped page past
+        // the end of a file that shrank makes the call fail with EFAULT.
+        let r = unsafe { libc::writev(fd, iov[k..].as_ptr(), cnt) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EFAULT) => {
+                    return Err(io::Error::other(
+                        "the file shrank while it was being sent (EFAULT)",
+                    ));
+                }
+                _ => return Err(e),
+            }
+        }
+        if r == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "failed to write frame",
+            ));
+        }
+        let mut r = r as usize;
+        while k < iov.len() && r >= iov[k].iov_len {
+            r -= iov[k].iov_len;
+            k += 1;
+        }
+        if r > 0 {
+            let v = &mut iov[k];
+            v.iov_base = v.iov_base.cast::<u8>().wrapping_add(r).cast();
+            v.iov_len -= r;
+        }
+    }
+    Ok(())
+}
