@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use storage_api::{ReadHandle, WriteHandle};
-use uftp_datachannel::{DataReader, DataWriter};
+use uftp_datachannel::{DataReader, DataWriter, SendFileError};
 
 /// Largest single sendfile call.
 const SENDFILE_CHUNK: usize = 1 << 30;
@@ -372,8 +372,26 @@ pub fn send_to_channel(
     p: Params<'_>,
 ) -> Result<u64, TransferError> {
     let Params {
-        buffer_size, rate, ..
+        buffer_size,
+        zero_copy,
+        rate,
     } = p;
+    if zero_copy
+        && rate.is_none()
+        && let Some(fd) = file.raw_fd()
+    {
+        // SAFETY: the descriptor belongs to the ReadHandle, which the
+        // caller keeps alive (borrowed) for the whole call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        // Plain multi-stream: frames straight out of the mapped file.
+        match w.send_file(fd, len) {
+            Ok(Some(n)) => return Ok(n),
+            Ok(None) => {}
+            Err(SendFileError::File(e)) => return Err(TransferError::File(e)),
+            Err(SendFileError::Channel(e)) => return Err(TransferError::Network(e)),
+            Err(e) => return Err(TransferError::Network(io::Error::other(e))),
+        }
+    }
     let mut src = FileReader {
         inner: file,
         left: len,
