@@ -3,7 +3,7 @@
 //!
 //! One block's 16 rounds are a chain of dependent S-box lookups, so a
 //! block at a time leaves the core mostly waiting for loads. ECB blocks
-//! are independent: this encrypts and decrypts four of them interleaved,
+//! are independent: this encrypts and decrypts eight of them interleaved,
 //! which runs several times faster than one at a time (the key schedule
 //! is the standard one; tests compare every result with the `blowfish`
 //! crate).
@@ -18,7 +18,7 @@ pub(crate) struct Bf {
 }
 
 /// Lanes processed together.
-const LANES: usize = 4;
+const LANES: usize = 8;
 
 impl Bf {
     /// Expands `key` (4..=56 bytes; checked by the caller, any length
