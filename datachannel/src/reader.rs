@@ -8,7 +8,7 @@
 //! until the buffer is full or nothing more has arrived; `fill_buf` of a
 //! single-stream codec channel hands out the received buffers themselves.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::mem;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
@@ -107,8 +107,12 @@ struct Lane {
 }
 
 impl Lane {
-    fn release(&mut self) {
-        if let Some(mut c) = self.cur.take() {
+    /// Gives the current chunk up: to `retire`, which returns it if it is
+    /// to be recycled now (or keeps it while something still refers to it).
+    fn release(&mut self, i: usize, retire: &mut Retire<'_>) {
+        if let Some(c) = self.cur.take()
+            && let Some(mut c) = retire(i, c)
+        {
             c.frames.clear();
             c.len = 0;
             let _ = self.recycle.send(c);
@@ -117,6 +121,25 @@ impl Lane {
         self.pos = 0;
     }
 }
+
+/// What happens to a consumed chunk of stream `i`: `Some` = recycle it.
+type Retire<'a> = dyn FnMut(usize, Chunk) -> Option<Chunk> + 'a;
+
+/// Recycle consumed chunks at once.
+fn recycle_now(_: usize, c: Chunk) -> Option<Chunk> {
+    Some(c)
+}
+
+/// Where a slice gathered by `write_to` lies: in the current chunk of a
+/// stream, or in a consumed chunk kept until the write is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    Lane(usize),
+    Held(usize),
+}
+
+/// Largest number of slices one `write_to` gathers (IOV_MAX).
+const MAX_SLICES: usize = 1024;
 
 struct Piped {
     lanes: Vec<Lane>,
@@ -400,6 +423,11 @@ impl Piped {
     /// available. `Ok(false)`: nothing has arrived and `block` is false,
     /// or the verified end was reached (`state` is then `Eof`).
     fn ready(&mut self, i: usize, block: bool) -> io::Result<bool> {
+        self.ready_with(i, block, &mut recycle_now)
+    }
+
+    /// `ready`, handing consumed chunks to `retire`.
+    fn ready_with(&mut self, i: usize, block: bool, retire: &mut Retire<'_>) -> io::Result<bool> {
         match self.state {
             State::Eof => return Ok(false),
             State::Failed => return Err(self.shared.error("data channel failed")),
@@ -417,7 +445,7 @@ impl Piped {
                 if more {
                     return Ok(true);
                 }
-                lane.release();
+                lane.release(i, retire);
             }
             let msg = if block {
                 match lane.rx.recv() {
@@ -438,7 +466,7 @@ impl Piped {
                     lane.pos = 0;
                 }
                 Msg::Eof => {
-                    self.at_eof(i)?;
+                    self.at_eof(i, retire)?;
                     return Ok(false);
                 }
             }
@@ -446,7 +474,7 @@ impl Piped {
     }
 
     /// Stream `i` ended where its next frame (or data) was due.
-    fn at_eof(&mut self, i: usize) -> io::Result<()> {
+    fn at_eof(&mut self, i: usize, retire: &mut Retire<'_>) -> io::Result<()> {
         if i != 0 {
             let e = io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -465,7 +493,7 @@ impl Piped {
             let msg = if leftover {
                 Ok(Msg::Data(Chunk::default()))
             } else {
-                self.lanes[j].release();
+                self.lanes[j].release(j, retire);
                 self.lanes[j].rx.recv()
             };
             match msg {
@@ -553,6 +581,162 @@ impl Piped {
             }
         }
         Ok(done)
+    }
+
+    /// Writes what has arrived (blocking while nothing has) to `out`, at
+    /// most `max` bytes, with vectored writes straight from the received
+    /// buffers. Everything gathered is written before it returns.
+    fn write_to(&mut self, out: &mut dyn Write, max: usize) -> io::Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        if self.asm_pos < self.asm_end {
+            // Left over from fill_buf.
+            let k = (self.asm_end - self.asm_pos).min(max);
+            out.write_all(&self.asm[self.asm_pos..self.asm_pos + k])?;
+            self.asm_pos += k;
+            return Ok(k);
+        }
+        if !self.framed {
+            if !self.ready(0, true)? {
+                return Ok(0);
+            }
+            let lane = &mut self.lanes[0];
+            let Some(c) = &lane.cur else {
+                return Ok(0);
+            };
+            let k = (c.len - lane.pos).min(max);
+            out.write_all(&c.buf[lane.pos..lane.pos + k])?;
+            lane.pos += k;
+            return Ok(k);
+        }
+        let mut recs: Vec<(Src, usize, usize)> = Vec::new();
+        let mut held: Vec<(usize, Chunk)> = Vec::new();
+        let gathered = self.gather(max, &mut recs, &mut held);
+        let written = gathered.and_then(|total| {
+            let mut slices = Vec::with_capacity(recs.len());
+            for &(src, off, len) in &recs {
+                let buf = match src {
+                    Src::Lane(i) => self.lanes[i].cur.as_ref().map(|c| &c.buf),
+                    Src::Held(k) => held.get(k).map(|h| &h.1.buf),
+                };
+                let Some(buf) = buf else {
+                    return Err(io::Error::other("data channel reader lost a buffer"));
+                };
+                slices.push(IoSlice::new(&buf[off..off + len]));
+            }
+            write_all_vectored(out, &mut slices)?;
+            Ok(total)
+        });
+        for (i, mut c) in held {
+            c.frames.clear();
+            c.len = 0;
+            let _ = self.lanes[i].recycle.send(c);
+        }
+        written
+    }
+
+    /// Consumes up to `max` bytes of frames, recording where they lie;
+    /// chunks used up meanwhile go to `held`.
+    fn gather(
+        &mut self,
+        max: usize,
+        recs: &mut Vec<(Src, usize, usize)>,
+        held: &mut Vec<(usize, Chunk)>,
+    ) -> io::Result<usize> {
+        let mut total = 0;
+        while total < max && recs.len() < MAX_SLICES {
+            match self.state {
+                State::Eof => break,
+                State::Failed => return Err(self.shared.error("data channel failed")),
+                State::Running => {}
+            }
+            let i = self.next;
+            let block = recs.is_empty();
+            let mut keep = |j: usize, c: Chunk| {
+                if !recs.iter().any(|r| r.0 == Src::Lane(j)) {
+                    return Some(c);
+                }
+                let k = held.len();
+                held.push((j, c));
+                for r in recs.iter_mut().filter(|r| r.0 == Src::Lane(j)) {
+                    r.0 = Src::Held(k);
+                }
+                None
+            };
+            if !self.ready_with(i, block, &mut keep)? {
+                break;
+            }
+            let f = match self.lanes[i].cur.as_ref() {
+                Some(c) => c.frames[self.lanes[i].frame],
+                None => break,
+            };
+            if !self.checked {
+                self.check_frame(f)?;
+            }
+            let lane = &mut self.lanes[i];
+            let k = (f.len - lane.pos).min(max - total);
+            if k > 0 {
+                recs.push((Src::Lane(i), f.off + lane.pos, k));
+            }
+            lane.pos += k;
+            total += k;
+            if lane.pos == f.len {
+                lane.frame += 1;
+                lane.pos = 0;
+                self.checked = false;
+                self.next = (i + 1) % self.lanes.len();
+                if self.next == 0 {
+                    self.block_seq = self.block_seq.wrapping_add(1);
+                }
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Writes all of `bufs`.
+fn write_all_vectored(out: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match out.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write the received data",
+                ));
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl DataReader {
+    /// Writes the data that has arrived to `out`, at most `max` bytes,
+    /// blocking only while nothing has; returns the bytes written, `Ok(0)`
+    /// only at the verified end (or for `max == 0`).
+    ///
+    /// No copy on the way: a multi-stream channel hands `out` ONE vectored
+    /// write (`writev` for a file) of the frame payloads in the received
+    /// buffers, in order, across frames and streams (up to 1024 slices); a
+    /// single codec stream writes its decoded buffer. Whatever was taken
+    /// from the channel is written before this returns, so an error comes
+    /// either from the channel or from `out` (tell them apart by wrapping
+    /// `out`).
+    pub fn write_to(&mut self, out: &mut dyn Write, max: usize) -> io::Result<usize> {
+        match &mut self.imp {
+            Imp::Direct(r) => {
+                let b = r.fill_buf()?;
+                let k = b.len().min(max);
+                out.write_all(&b[..k])?;
+                r.consume(k);
+                Ok(k)
+            }
+            Imp::Piped(p) => p.write_to(out, max),
+        }
     }
 }
 

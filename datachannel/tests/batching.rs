@@ -145,3 +145,87 @@ fn read_and_fill_buf_mix() {
         }
     }
 }
+
+/// A writer that takes at most `step` bytes per call (partial writes).
+struct Trickle {
+    out: Vec<u8>,
+    step: usize,
+}
+
+impl Write for Trickle {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let k = b.len().min(self.step);
+        self.out.extend_from_slice(&b[..k]);
+        Ok(k)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut n = 0;
+        for b in bufs {
+            let k = b.len().min(self.step - n);
+            self.out.extend_from_slice(&b[..k]);
+            n += k;
+            if n == self.step {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `write_to` hands over the bytes in order (whatever the writer takes per
+/// call), mixed with `read` and `fill_buf`, and respects `max`.
+#[test]
+fn write_to_mixes_with_read_and_fill_buf() {
+    let d = data(700_000, 8);
+    for (name, stack) in all_stacks() {
+        for n in [1usize, 2, 3, 4] {
+            let streams = encode_streams(n, &stack, &d);
+            let srcs: Vec<io::Cursor<Vec<u8>>> =
+                streams.iter().map(|s| io::Cursor::new(s.clone())).collect();
+            let mut r = DataReader::new(srcs, &stack, &ChannelOptions::default()).expect("reader");
+            let mut sink = Trickle {
+                out: Vec::new(),
+                step: 777,
+            };
+            let mut buf = vec![0u8; 5000];
+            let mut k = 0usize;
+            loop {
+                k += 1;
+                let before = sink.out.len();
+                let m = match k % 4 {
+                    0 => {
+                        let m = r.read(&mut buf).expect("read");
+                        sink.out.extend_from_slice(&buf[..m]);
+                        m
+                    }
+                    1 => {
+                        let b = r.fill_buf().expect("fill");
+                        let m = b.len().min(3000);
+                        sink.out.extend_from_slice(&b[..m]);
+                        r.consume(m);
+                        m
+                    }
+                    _ => {
+                        let max = 1 + k * 7919 % 300_000;
+                        let m = r
+                            .write_to(&mut sink, max)
+                            .unwrap_or_else(|e| panic!("{name} n={n}: {e}"));
+                        assert!(m <= max, "{name} n={n}: wrote {m} > max {max}");
+                        m
+                    }
+                };
+                assert_eq!(sink.out.len() - before, m, "{name} n={n}: count");
+                if m == 0 {
+                    break;
+                }
+            }
+            assert!(sink.out == d, "{name} n={n}: data differs");
+            assert_eq!(r.write_to(&mut sink, 10).expect("after end"), 0);
+        }
+    }
+}
