@@ -563,16 +563,13 @@ impl Client {
             total = io::copy(&mut limited, out)?;
         } else {
             // Codecs and framing end at their verified end of stream.
-            // Written straight from the channel's buffers (no copy for a
-            // single codec stream, large pieces for several streams).
+            // Written straight from the channel's buffers (one vectored
+            // write of the frames that have arrived, or a decoded buffer).
             loop {
-                let buf = reader.fill_buf()?;
-                if buf.is_empty() {
+                let n = reader.write_to(out, usize::MAX)?;
+                if n == 0 {
                     break;
                 }
-                let n = buf.len();
-                out.write_all(buf)?;
-                reader.consume(n);
                 total += n as u64;
             }
         }

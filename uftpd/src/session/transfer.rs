@@ -426,10 +426,11 @@ pub fn send_to_channel(
 /// `file`; at most `limit` bytes are written, more is an error. Returns the
 /// bytes written.
 ///
-/// Writes straight from the channel's buffers (`BufRead`): a single-stream
-/// codec channel hands out the buffers its decoder filled, a multi-stream
-/// one puts its frames together in one large buffer, so the file is
-/// written in large pieces without another copy.
+/// Writes straight from the channel's buffers ([`DataReader::write_to`]):
+/// a multi-stream channel's frame payloads go to the file in one `writev`
+/// per call (through a duplicate of the handle's descriptor, as the
+/// handle's own `write_vectored` may write one slice per call), a single
+/// codec stream's decoded buffers in one `write` each.
 pub fn receive_from_channel(
     r: &mut DataReader,
     file: &mut dyn WriteHandle,
@@ -437,36 +438,99 @@ pub fn receive_from_channel(
     p: Params<'_>,
 ) -> Result<u64, TransferError> {
     let Params { mut rate, .. } = p;
+    let mut direct: Option<std::fs::File> = match file.raw_fd() {
+        // SAFETY: the descriptor belongs to the WriteHandle, which the
+        // caller keeps alive (borrowed) for the whole call.
+        Some(fd) => unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .ok()
+            .map(std::fs::File::from),
+        None => None,
+    };
     let mut total = 0u64;
     loop {
-        let buf = match r.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(TransferError::Network(e)),
-        };
-        if buf.is_empty() {
-            break;
-        }
-        let mut n = buf.len();
+        let mut max = usize::MAX;
         if let Some(l) = rate.as_deref() {
-            n = n.min(l.chunk().max(1));
+            max = l.chunk().max(1);
         }
-        if let Some(l) = limit
-            && total + n as u64 > l
-        {
-            return Err(TransferError::Network(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("client sent more than the announced {l} bytes"),
-            )));
+        if let Some(l) = limit {
+            let left = usize::try_from(l - total).unwrap_or(usize::MAX);
+            if left == 0 {
+                // All announced bytes are in: anything more is an error.
+                match r.fill_buf() {
+                    Ok([]) => break,
+                    Ok(_) => {
+                        return Err(TransferError::Network(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("client sent more than the announced {l} bytes"),
+                        )));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(TransferError::Network(e)),
+                }
+            }
+            max = max.min(left);
         }
-        file.write_all(&buf[..n]).map_err(TransferError::File)?;
-        r.consume(n);
+        let mut out = FileWriter {
+            inner: match direct.as_mut() {
+                Some(f) => f,
+                None => &mut *file,
+            },
+            error: None,
+        };
+        let n = match r.write_to(&mut out, max) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted && out.error.is_none() => continue,
+            Err(e) => {
+                return Err(match out.error.take() {
+                    Some(fe) => TransferError::File(fe),
+                    None => TransferError::Network(e),
+                });
+            }
+        };
         total += n as u64;
         if let Some(l) = rate.as_deref_mut() {
             l.take(n);
         }
     }
     Ok(total)
+}
+
+/// Remembers a file write error so that it can be told apart from a
+/// failure of the data channel that feeds the writer.
+struct FileWriter<'a> {
+    inner: &'a mut dyn Write,
+    error: Option<io::Error>,
+}
+
+impl FileWriter<'_> {
+    fn note<T>(&mut self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| {
+            let copy = io::Error::new(e.kind(), e.to_string());
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.error = Some(e);
+            }
+            copy
+        })
+    }
+}
+
+impl Write for FileWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let r = self.inner.write_vectored(bufs);
+        self.note(r)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
+    }
 }
 
 /// Writes a whole buffer to the data connection (listings).
