@@ -2,7 +2,7 @@
 """Profile ONE uftpd transfer, to see where a benchmark gap comes from.
 
     bench/profile.py [--tool perf|callgrind|strace] [--streams N]
-                     [--codec plain|Blowfish|AES-128|AES-256|gzip|gzip+AES-128]
+                     [--codec plain|Blowfish|AES-128|AES-256|gzip|gzip+AES-128|zstd|ChaCha20-Poly1305]
                      [--dir down|up] [--mib SIZE] [--client curl|uftpc]
 
 Starts uftpd (UFTPD_BIN, default target/release/uftpd) under the tool, with
@@ -102,9 +102,8 @@ def main():
         spec = {c[0]: c for c in D.CODECS}
         kw = {"streams": a.streams}
         if a.codec != "plain":
-            label, klen, algo, gz_aes = spec[a.codec]
-            kw.update(key=os.urandom(klen) if klen else None, algo=algo,
-                      compress=gz_aes or label == "gzip")
+            _, klen, algo, compress = spec[a.codec]
+            kw.update(key=os.urandom(klen) if klen else None, algo=algo, compress=compress)
         secret = srv.announce(**kw)
         if a.client == "curl":
             argv = (D.curl_get(srv, secret, "f.bin") if a.dir == "down"
