@@ -84,6 +84,61 @@ pub fn chunk_range(size: usize, n: usize, i: usize) -> (usize, usize) {
     (off, len)
 }
 
+/// One frame of one stream, planned by [`plan_frames`]: its encoded
+/// header and where its payload lies in the data being sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramePart {
+    /// The encoded 16-byte header.
+    pub header: [u8; HEADER_LEN],
+    /// Offset of the payload from the start of the data.
+    pub off: usize,
+    /// Payload length (0 for a stream that gets nothing of a tiny block).
+    pub len: usize,
+}
+
+/// Plans stream `i` of `n`'s frames for `len` bytes cut into blocks of
+/// `block` bytes numbered from `seq` (wrapping): `out` is cleared and gets
+/// one [`FramePart`] per block.
+///
+/// ```
+/// use uftp_datachannel::frame::{plan_frames, FrameHeader};
+/// let mut parts = Vec::new();
+/// plan_frames(&mut parts, 1, 2, 7, 10, 4); // blocks 4 + 4 + 2, stream 1 of 2
+/// let spans: Vec<(usize, usize)> = parts.iter().map(|p| (p.off, p.len)).collect();
+/// assert_eq!(spans, [(2, 2), (6, 2), (9, 1)]);
+/// let h = FrameHeader::decode(&parts[2].header).unwrap();
+/// assert_eq!((h.stream, h.seq, h.size, h.len), (1, 9, 2, 1));
+/// ```
+pub fn plan_frames(
+    out: &mut Vec<FramePart>,
+    i: usize,
+    n: usize,
+    seq: u32,
+    len: usize,
+    block: usize,
+) {
+    out.clear();
+    let mut off = 0;
+    let mut seq = seq;
+    while off < len {
+        let size = block.min(len - off);
+        let (coff, plen) = chunk_range(size, n, i);
+        out.push(FramePart {
+            header: FrameHeader {
+                stream: i as u16,
+                seq,
+                size: size as u32,
+                len: plen as u32,
+            }
+            .encode(),
+            off: off + coff,
+            len: plen,
+        });
+        off += size;
+        seq = seq.wrapping_add(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr;
 
-use crate::frame::{FrameHeader, HEADER_LEN, chunk_range};
+use crate::frame::{FramePart, HEADER_LEN, plan_frames};
 
 /// A read-only shared mapping of part of a file.
 pub(crate) struct Mapping {
@@ -115,57 +115,36 @@ pub(crate) fn seek_to(file: BorrowedFd<'_>, to: u64) {
 const IOV_MAX: usize = 1024;
 
 /// Writes stream `i`'s frames of every block of `b` to the socket `fd`:
-/// headers from `hdrs` (scratch space), payloads from the mapping.
+/// headers from `parts` (scratch space), payloads from the mapping.
 pub(crate) fn write_mapped(
     fd: RawFd,
     i: usize,
     n: usize,
     b: &MappedBatch,
-    hdrs: &mut Vec<[u8; HEADER_LEN]>,
+    parts: &mut Vec<FramePart>,
 ) -> io::Result<()> {
-    hdrs.clear();
-    let mut off = 0;
-    let mut seq = b.seq;
-    while off < b.len {
-        let size = b.block.min(b.len - off);
-        let (_, len) = chunk_range(size, n, i);
-        hdrs.push(
-            FrameHeader {
-                stream: i as u16,
-                seq,
-                size: size as u32,
-                len: len as u32,
-            }
-            .encode(),
-        );
-        off += size;
-        seq = seq.wrapping_add(1);
-    }
+    plan_frames(parts, i, n, b.seq, b.len, b.block);
     let base = b.map.ptr.cast::<u8>();
-    let mut iov = Vec::with_capacity(2 * hdrs.len());
-    let mut off = 0;
-    for h in hdrs.iter() {
-        let size = b.block.min(b.len - off);
-        let (coff, len) = chunk_range(size, n, i);
+    let mut iov = Vec::with_capacity(2 * parts.len());
+    for p in parts.iter() {
         iov.push(libc::iovec {
-            iov_base: h.as_ptr().cast_mut().cast(),
+            iov_base: p.header.as_ptr().cast_mut().cast(),
             iov_len: HEADER_LEN,
         });
-        if len > 0 {
+        if p.len > 0 {
             // Address arithmetic only: within the mapping, never read here.
-            let at = b.off + off + coff;
-            debug_assert!(at + len <= b.map.len());
+            let at = b.off + p.off;
+            debug_assert!(at + p.len <= b.map.len());
             iov.push(libc::iovec {
                 iov_base: base.wrapping_add(at).cast(),
-                iov_len: len,
+                iov_len: p.len,
             });
         }
-        off += size;
     }
     let mut k = 0;
     while k < iov.len() {
         let cnt = (iov.len() - k).min(IOV_MAX) as libc::c_int;
-        // SAFETY: `iov[k..k + cnt]` describe the headers in `hdrs` (alive,
+        // SAFETY: `iov[k..k + cnt]` describe the headers in `parts` (alive,
         // not moved during the call) and ranges inside a live mapping (the
         // batch holds it); the kernel only reads them. A mapped page past
         // the end of a file that shrank makes the call fail with EFAULT.

@@ -17,7 +17,7 @@ use std::thread::{self, JoinHandle};
 
 use codec_api::EncodeWriter;
 
-use crate::frame::{FrameHeader, HEADER_LEN, chunk_range};
+use crate::frame::{FramePart, plan_frames};
 use crate::mapped::{self, MappedBatch, Mapping};
 use crate::shared::Shared;
 use crate::stack::{CodecStack, SinkAdapter};
@@ -574,43 +574,22 @@ fn write_all_vectored(w: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io::Re
     Ok(())
 }
 
-/// Writes stream `i`'s frames of every block of `b`: headers from `hdrs`
+/// Writes stream `i`'s frames of every block of `b`: headers from `parts`
 /// (scratch space), payloads straight from the batch buffer.
 fn write_frames(
     w: &mut dyn Write,
     i: usize,
     n: usize,
     b: &Batch,
-    hdrs: &mut Vec<[u8; HEADER_LEN]>,
+    parts: &mut Vec<FramePart>,
 ) -> io::Result<()> {
-    hdrs.clear();
-    let mut off = 0;
-    let mut seq = b.seq;
-    while off < b.len {
-        let size = b.block.min(b.len - off);
-        let (_, len) = chunk_range(size, n, i);
-        hdrs.push(
-            FrameHeader {
-                stream: i as u16,
-                seq,
-                size: size as u32,
-                len: len as u32,
-            }
-            .encode(),
-        );
-        off += size;
-        seq = seq.wrapping_add(1);
-    }
-    let mut slices = Vec::with_capacity(2 * hdrs.len());
-    let mut off = 0;
-    for h in hdrs.iter() {
-        let size = b.block.min(b.len - off);
-        let (coff, len) = chunk_range(size, n, i);
-        slices.push(IoSlice::new(h));
-        if len > 0 {
-            slices.push(IoSlice::new(&b.buf[off + coff..off + coff + len]));
+    plan_frames(parts, i, n, b.seq, b.len, b.block);
+    let mut slices = Vec::with_capacity(2 * parts.len());
+    for p in parts.iter() {
+        slices.push(IoSlice::new(&p.header));
+        if p.len > 0 {
+            slices.push(IoSlice::new(&b.buf[p.off..p.off + p.len]));
         }
-        off += size;
     }
     write_all_vectored(w, &mut slices)
 }
@@ -625,7 +604,7 @@ fn worker(
     shared: Arc<Shared>,
 ) {
     let framed = n > 1;
-    let mut hdrs = Vec::new();
+    let mut parts = Vec::new();
     let mut run = |enc: &mut Box<dyn EncodeWriter>| -> io::Result<bool> {
         // Written since the last flush.
         let mut dirty = false;
@@ -653,7 +632,7 @@ fn worker(
             match msg {
                 Msg::Batch(b) => {
                     if framed {
-                        write_frames(&mut **enc, i, n, &b, &mut hdrs)?;
+                        write_frames(&mut **enc, i, n, &b, &mut parts)?;
                     } else {
                         enc.write_all(&b.buf[..b.len])?;
                     }
@@ -667,7 +646,7 @@ fn worker(
                             "mapped data for a stream without a descriptor",
                         ));
                     };
-                    mapped::write_mapped(fd, i, n, &b, &mut hdrs)?;
+                    mapped::write_mapped(fd, i, n, &b, &mut parts)?;
                     dirty = true;
                 }
                 Msg::Flush => {
