@@ -308,6 +308,111 @@ def test_multistream_stor(site, streams):
     assert site.path("ms.bin").read_bytes() == data
 
 
+def read_frames_exact(socks, n_bytes, timeout=30):
+    """Exactly n_bytes of frames (KEEP-ALIVE: the streams stay open)."""
+    from helpers.ftp import _read_n
+    import struct
+    for s in socks:
+        s.settimeout(timeout)
+    n, out, seq = len(socks), bytearray(), 0
+    while len(out) < n_bytes:
+        block = None
+        for i, s in enumerate(socks):
+            magic, idx, hseq, size, ln = struct.unpack(">HHIII", _read_n(s, 16))
+            assert (magic, idx, hseq) == (0xCEBF, i, seq)
+            if block is None:
+                block = bytearray(size)
+            block[i * (size // n):i * (size // n) + ln] = _read_n(s, ln)
+        out += block
+        seq += 1
+    assert len(out) == n_bytes
+    return bytes(out)
+
+
+@pytest.mark.parametrize("streams", [2, 3])
+def test_keep_alive_multistream_reuses_the_streams(site, streams):
+    """PROTOCOL section 6: with KEEP-ALIVE, transfers of known length follow
+    each other on the same connections, also with several plain streams."""
+    a = site.put("a.bin", size=200_003)
+    b = site.put("b.bin", size=5)
+    up = os.urandom(70_001)
+    c = site.control()
+    assert c.cmd("KEEP-ALIVE true").code == 200
+    socks = open_streams(c, streams)
+    try:
+        for name, content in (("a.bin", a), ("b.bin", b), ("a.bin", a)):
+            n = bytes_available(c.cmd(f"RETR {name}"))
+            assert read_frames_exact(socks, n) == content
+            assert c.read_reply().lines == ["226 File transfer successful"]
+        assert c.cmd("RANG 100 40100").code == 350
+        n = bytes_available(c.cmd("RETR a.bin"))
+        assert read_frames_exact(socks, n) == a[100:40100]
+        assert c.read_reply().code == 226
+        for _ in range(2):
+            assert c.cmd(f"ALLO {len(up)}").code == 200
+            assert c.cmd("STOR up.bin").lines == ["150 OK"]
+            write_frames(socks, up)
+            assert c.read_reply().lines == ["226 File transfer successful"]
+            assert site.path("up.bin").read_bytes() == up
+        n = bytes_available(c.cmd("RETR up.bin"))
+        assert read_frames_exact(socks, n) == up
+        assert c.read_reply().code == 226
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_noop_n_starts_a_new_channel_over_a_kept_one(site):
+    """A 1-stream KEEP-ALIVE channel is open; NOOP 2 + 2 PASV set up a new
+    2-stream channel instead of counting the old connection."""
+    data = site.put("m.bin", size=100_000)
+    c = site.control()
+    assert c.cmd("KEEP-ALIVE true").code == 200
+    _, one = c.pasv()
+    with one:
+        n = bytes_available(c.cmd("RETR m.bin"))
+        assert recv_exact(one, n) == data
+        assert c.read_reply().code == 226
+        socks = open_streams(c, 2)
+        try:
+            n = bytes_available(c.cmd("RETR m.bin"))
+            assert read_frames_exact(socks, n) == data
+            assert c.read_reply().code == 226
+        finally:
+            for s in socks:
+                s.close()
+
+
+def test_data_connection_must_come_within_30_seconds(site):
+    """PROTOCOL section 6: uftpd accepts the connection within 30 s of the
+    PASV reply. One that comes later is refused, even when no command was
+    sent meanwhile; one that came in time may wait for its transfer."""
+    data = site.put("f.bin", size=1000)
+    early, late = site.control(), site.control()
+    _, s_early = early.pasv()
+    r = late.cmd("PASV")
+    assert r.code == 227
+    nums = [int(x) for x in r.last.split("(")[1].rstrip(")").split(",")]
+    time.sleep(31.5)
+    try:
+        s_late = socket.create_connection(("127.0.0.1", nums[4] * 256 + nums[5]), timeout=5)
+    except OSError:
+        s_late = None  # refused: the listener is gone
+    if s_late is not None:  # accepted by nobody: reset or closed without data
+        s_late.settimeout(5)
+        try:
+            assert s_late.recv(1) == b""
+        except OSError:
+            pass
+        s_late.close()
+    r = late.cmd("RETR f.bin")
+    assert r.code == 425 and "30 seconds" in r.last, r
+    with s_early:
+        n = bytes_available(early.cmd("RETR f.bin"))
+        assert recv_exact(s_early, n) == data
+    assert early.read_reply().code == 226
+
+
 # ---------------------------------------------------------------- rate limit
 @pytest.mark.beyond_reference  # the reference's limiter barely slows a 1 MB-buffered copy
 def test_rate_limit_is_honoured(site):

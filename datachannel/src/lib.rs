@@ -62,6 +62,7 @@
 //! ```
 
 pub mod frame;
+pub mod kept;
 mod mapped;
 pub mod pipe;
 mod reader;

@@ -39,7 +39,7 @@ impl Session {
         };
         let cap = i64::from(self.settings.max_streams.max(1));
         let granted = n.clamp(1, cap);
-        self.data.streams = granted as usize;
+        self.data.negotiate(granted as usize);
         let code = if granted == n { 222 } else { 223 };
         self.ok_reply(&format!("{code} Opening {granted} data connections"))
     }

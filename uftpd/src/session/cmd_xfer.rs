@@ -2,8 +2,8 @@
 //! LIST, NLST, MLSD, and HASH (which reads the file but answers on the
 //! control channel).
 
-use std::io::{Read, Write};
-use std::net::IpAddr;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime};
 
 use digest::Digest;
@@ -158,6 +158,19 @@ impl Session {
         self.data.streams == 1 && self.stack.is_plain()
     }
 
+    /// Whether the next transfer of a known length runs over plain
+    /// multi-stream connections that KEEP-ALIVE keeps open afterwards.
+    fn kept(&self) -> bool {
+        self.opts.keep_alive && self.data.streams > 1 && self.stack.is_plain()
+    }
+
+    /// The open connections of a kept multi-stream channel.
+    fn kept_connections(&mut self) -> Result<&mut Vec<TcpStream>, TransferError> {
+        self.data
+            .connections()
+            .map_err(|e| TransferError::Network(io::Error::other(e.to_string())))
+    }
+
     /// Makes sure the data channel is complete before the 150 reply.
     fn ready_data(&mut self) -> Result<(), CmdError> {
         if let Err(e) = self.data.connections() {
@@ -201,7 +214,8 @@ impl Session {
             return Ok(Flow::Quit);
         }
         let direct = self.direct();
-        let mut channel = if direct {
+        let kept = self.kept();
+        let mut channel = if direct || kept {
             None
         } else {
             Some(self.channel_writer()?)
@@ -215,6 +229,10 @@ impl Session {
         };
         let result = match channel.as_mut() {
             Some(w) => transfer::send_to_channel(file.as_mut(), len, w, params),
+            None if kept => match self.kept_connections() {
+                Ok(conns) => transfer::send_kept(file.as_mut(), len, conns, params.rate),
+                Err(e) => Err(e),
+            },
             None => match self.data.first() {
                 Ok(sock) => transfer::send_file(file.as_mut(), len, sock, params),
                 Err(e) => Err(TransferError::Network(e)),
@@ -229,7 +247,7 @@ impl Session {
         match result {
             Ok(n) if n == len => {
                 self.log_usage(true, n, started);
-                self.end_transfer(direct);
+                self.end_transfer(direct || kept);
                 self.ok_reply("226 File transfer successful")
             }
             Ok(n) => {
@@ -276,7 +294,11 @@ impl Session {
         }
         // Built after the 150: a decoder may wait for the first bytes.
         let direct = self.direct();
-        let mut channel = if direct {
+        // KEEP-ALIVE with several plain streams: exactly the announced
+        // length, connections kept (without a length the client ends the
+        // data by closing, as always)
+        let kept = self.kept() && limit.is_some();
+        let mut channel = if direct || kept {
             None
         } else {
             Some(self.channel_reader()?)
@@ -291,6 +313,15 @@ impl Session {
         let result = match channel.as_mut() {
             // Codec and multi-stream data always runs to its verified end.
             Some(reader) => transfer::receive_from_channel(reader, file.as_mut(), limit, params),
+            None if kept => match (self.kept_connections(), limit) {
+                (Ok(conns), Some(l)) => {
+                    transfer::receive_kept(conns, file.as_mut(), l, params.rate)
+                }
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => Err(TransferError::Network(io::Error::other(
+                    "no announced length",
+                ))),
+            },
             None => match self.data.first() {
                 Ok(sock) => transfer::receive_file(sock, file.as_mut(), limit, params),
                 Err(e) => Err(TransferError::Network(e)),
@@ -317,7 +348,7 @@ impl Session {
                 }
                 self.log_usage(false, n, started);
                 // Unknown length: the client closed its side to end the data.
-                self.end_transfer(direct && limit.is_some());
+                self.end_transfer((direct || kept) && limit.is_some());
                 self.ok_reply("226 File transfer successful")
             }
             Err(e) => {

@@ -49,6 +49,11 @@ impl Control {
         &self.stream
     }
 
+    /// Whether a whole line is buffered already (read_line will not wait).
+    pub fn has_line(&self) -> bool {
+        self.buf[self.start..self.end].contains(&b'\n')
+    }
+
     /// Reads the next line; `None` at end of stream.
     pub fn read_line(&mut self) -> io::Result<Option<Line>> {
         let mut skipping = false;

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -62,6 +62,11 @@ pub struct DataChannel {
     conns: Vec<TcpStream>,
     /// Number of streams negotiated with `NOOP n` (1 by default).
     pub streams: usize,
+    /// `NOOP n` was just sent: the next PASV/EPSV starts a new channel,
+    /// whatever a KEEP-ALIVE channel left open.
+    fresh: bool,
+    /// A listener's 30 s passed without a connection.
+    expired: bool,
     peer_ip: IpAddr,
     local_ip: IpAddr,
     port_range: Option<PortRange>,
@@ -75,6 +80,8 @@ impl DataChannel {
             pending: Vec::new(),
             conns: Vec::new(),
             streams: 1,
+            fresh: false,
+            expired: false,
             peer_ip: peer.ip().to_canonical(),
             local_ip: local.ip().to_canonical(),
             port_range,
@@ -107,9 +114,16 @@ impl DataChannel {
         std::mem::take(&mut self.conns)
     }
 
+    /// `NOOP n`: the next data channel has `n` streams and is set up anew.
+    pub fn negotiate(&mut self, n: usize) {
+        self.streams = n.max(1);
+        self.fresh = true;
+    }
+
     /// Closes every listener and connection and falls back to one stream.
     pub fn close(&mut self) {
         self.pending.clear();
+        self.expired = false;
         for c in self.conns.drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
@@ -119,11 +133,13 @@ impl DataChannel {
     /// Opens a listener for one more connection and returns its port. A
     /// PASV while the channel is complete starts a new channel.
     pub fn listen(&mut self) -> Result<u16, DataError> {
-        if self.announced() >= self.streams {
+        if self.fresh || self.announced() >= self.streams {
             let streams = self.streams;
             self.close();
             self.streams = streams;
+            self.fresh = false;
         }
+        self.expired = false;
         let listener = match self.port_range {
             None => bind(SocketAddr::new(self.local_ip, 0)).map_err(DataError::Listen)?,
             Some(r) => bind_in_range(self.local_ip, r)?,
@@ -139,6 +155,10 @@ impl DataChannel {
     /// Accepts what is pending and returns the open connections, which must
     /// be as many as negotiated streams.
     pub fn connections(&mut self) -> Result<&mut Vec<TcpStream>, DataError> {
+        if self.expired {
+            self.close();
+            return Err(DataError::Timeout(ACCEPT_TIMEOUT.as_secs()));
+        }
         if self.announced() == 0 {
             return Err(DataError::NotOpen);
         }
@@ -160,6 +180,81 @@ impl DataChannel {
         }
         Ok(&mut self.conns)
     }
+}
+
+impl DataChannel {
+    /// Whether listeners wait for their connection.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The listeners still waiting, to poll them with the control
+    /// connection, and the earliest deadline among them.
+    pub fn pending_listeners(&self) -> (Vec<BorrowedFd<'_>>, Option<Instant>) {
+        let fds = self.pending.iter().map(|p| p.listener.as_fd()).collect();
+        let first = self.pending.iter().map(|p| p.deadline).min();
+        (fds, first)
+    }
+
+    /// Accepts the connections that have arrived (from the control peer
+    /// only) and closes the listeners whose 30 s have passed, so that a
+    /// late connection is refused by the kernel instead of waiting in the
+    /// backlog for the next transfer command. Never blocks.
+    pub fn accept_ready(&mut self) {
+        let now = Instant::now();
+        let mut still = Vec::with_capacity(self.pending.len());
+        for p in std::mem::take(&mut self.pending) {
+            match try_accept(&p.listener, self.peer_ip) {
+                Ok(Some(s)) => self.conns.push(s),
+                Ok(None) if now < p.deadline => still.push(p),
+                Ok(None) => {
+                    tracing::info!(
+                        "No data connection within {} seconds; the listener is closed",
+                        ACCEPT_TIMEOUT.as_secs()
+                    );
+                    self.expired = true;
+                }
+                Err(e) => {
+                    tracing::info!("Accepting a data connection failed: {e}");
+                    self.expired = true;
+                }
+            }
+        }
+        self.pending = still;
+    }
+}
+
+/// One non-blocking accept from `peer_ip`: `None` when nothing (from that
+/// address) is waiting. Others are closed and logged.
+fn try_accept(listener: &TcpListener, peer_ip: IpAddr) -> io::Result<Option<TcpStream>> {
+    listener.set_nonblocking(true)?;
+    loop {
+        match listener.accept() {
+            Ok((s, addr)) => {
+                if addr.ip().to_canonical() != peer_ip {
+                    tracing::warn!(
+                        "Rejecting data connection from {} (expected {peer_ip})",
+                        addr.ip()
+                    );
+                    drop(s);
+                    continue;
+                }
+                return data_socket(s).map(Some);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Settings of an accepted data connection.
+fn data_socket(s: TcpStream) -> io::Result<TcpStream> {
+    s.set_nonblocking(false)?;
+    let _ = s.set_nodelay(true);
+    let _ = s.set_read_timeout(Some(DATA_IO_TIMEOUT));
+    let _ = s.set_write_timeout(Some(DATA_IO_TIMEOUT));
+    Ok(s)
 }
 
 fn listener_socket(addr: SocketAddr) -> io::Result<Socket> {
@@ -217,11 +312,7 @@ fn accept_from(
                     drop(s);
                     continue;
                 }
-                s.set_nonblocking(false).map_err(DataError::Accept)?;
-                let _ = s.set_nodelay(true);
-                let _ = s.set_read_timeout(Some(DATA_IO_TIMEOUT));
-                let _ = s.set_write_timeout(Some(DATA_IO_TIMEOUT));
-                return Ok(s);
+                return data_socket(s).map_err(DataError::Accept);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 let now = Instant::now();

@@ -27,9 +27,12 @@ mod rcp;
 pub mod transfer;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use storage_api::{Identity, Storage, StorageError, StorageSpec};
 use uftp_datachannel::CodecStack;
 
@@ -456,9 +459,46 @@ impl Session {
         })
     }
 
+    /// While PASV/EPSV listeners wait and no command is buffered, accepts
+    /// data connections as they arrive and closes the listeners whose 30 s
+    /// pass (PROTOCOL section 6), until the control connection has
+    /// something to read.
+    fn accept_while_idle(&mut self) {
+        while self.data.has_pending() && !self.ctl.has_line() {
+            let ctl_ready = {
+                let (listeners, first) = self.data.pending_listeners();
+                let wait = first
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default();
+                // at most 10 s per poll (PollTimeout is u16 milliseconds);
+                // at least 1 ms, so that an expired listener is seen
+                let ms = wait.as_millis().clamp(1, 10_000) as u16;
+                let mut fds = vec![PollFd::new(self.ctl.stream().as_fd(), PollFlags::POLLIN)];
+                fds.extend(
+                    listeners
+                        .into_iter()
+                        .map(|l| PollFd::new(l, PollFlags::POLLIN)),
+                );
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        tracing::debug!("poll on the control connection: {e}");
+                        return;
+                    }
+                }
+                fds[0].revents().is_some_and(|r| !r.is_empty())
+            };
+            self.data.accept_ready();
+            if ctl_ready {
+                return;
+            }
+        }
+    }
+
     /// Serves commands until QUIT or end of stream.
     pub fn run(&mut self) {
         loop {
+            self.accept_while_idle();
             let line = match self.ctl.read_line() {
                 Ok(Some(l)) => l,
                 Ok(None) => break,

@@ -363,6 +363,81 @@ impl Read for FileReader<'_> {
     }
 }
 
+/// Remembers the file's own error, so that a transfer mixing file and
+/// network I/O in one call can tell which side failed.
+struct FileSide<'a, F: ?Sized> {
+    file: &'a mut F,
+    failed: Option<io::Error>,
+}
+
+impl<F: Read + ?Sized> Read for FileSide<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf).inspect_err(|e| {
+            self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+}
+
+impl<F: Write + ?Sized> Write for FileSide<'_, F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf).inspect_err(|e| {
+            self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl<F: ?Sized> FileSide<'_, F> {
+    fn error(self, e: io::Error) -> TransferError {
+        match self.failed {
+            Some(f) => TransferError::File(f),
+            None => TransferError::Network(e),
+        }
+    }
+}
+
+/// Sends up to `len` bytes of `file` over the plain multi-stream
+/// connections `conns` and leaves them open (KEEP-ALIVE).
+pub fn send_kept(
+    file: &mut dyn ReadHandle,
+    len: u64,
+    conns: &mut [TcpStream],
+    mut rate: Option<&mut RateLimiter>,
+) -> Result<u64, TransferError> {
+    let mut src = FileSide { file, failed: None };
+    let mut pace = |n: usize| {
+        if let Some(r) = rate.as_deref_mut() {
+            r.take(n);
+        }
+    };
+    match uftp_datachannel::kept::send_kept(&mut src, len, conns, &mut pace) {
+        Ok(n) => Ok(n),
+        Err(e) => Err(src.error(e)),
+    }
+}
+
+/// Receives exactly `len` bytes over the plain multi-stream connections
+/// `conns` into `file` and leaves the connections open (KEEP-ALIVE).
+pub fn receive_kept(
+    conns: &mut [TcpStream],
+    file: &mut dyn WriteHandle,
+    len: u64,
+    mut rate: Option<&mut RateLimiter>,
+) -> Result<u64, TransferError> {
+    let mut dst = FileSide { file, failed: None };
+    let mut pace = |n: usize| {
+        if let Some(r) = rate.as_deref_mut() {
+            r.take(n);
+        }
+    };
+    match uftp_datachannel::kept::receive_kept(conns, &mut dst, len, &mut pace) {
+        Ok(n) => Ok(n),
+        Err(e) => Err(dst.error(e)),
+    }
+}
+
 /// Sends up to `len` bytes of `file` through a codec / multi-stream
 /// channel (the caller finishes the channel). Returns the bytes sent.
 pub fn send_to_channel(
