@@ -17,6 +17,7 @@ import re
 import socket
 import struct
 import subprocess
+import time
 
 import pytest
 
@@ -130,13 +131,15 @@ def test_weak_checksum_reference_values():
     assert weak_reference(ff, 0, 999) == (255000 % 65536) + (((255 * 1000 * 1001 // 2) % 65536) << 16)
 
 
-def test_server_checksums_match_the_formula(site):
+@pytest.mark.parametrize("codecs", ["plain", "gzip"])
+def test_server_checksums_match_the_formula(site, codecs):
     """SYNC-TO-SERVER: the server (follower) sends block size, count, weak sums and MD5s
-    exactly as an independent computation of PROTOCOL.md section 8 gives them."""
+    exactly as an independent computation of PROTOCOL.md section 8 gives them (raw on
+    one stream, also on a session with compression, as the Java client does)."""
     old = os.urandom(300_000) + b"\xff" * 5000 + b"\x00" * 1234  # short last block
     site.put("f.bin", data=old, mode=0o640)
     new = modified(old, [10, 150_000, len(old) - 1])
-    c = site.control()
+    c = site.control(**({"compress": "true"} if codecs == "gzip" else {}))
     _, s = c.pasv()
     with s:
         assert c.cmd("SYNC-TO-SERVER f.bin").lines == ["200 OK"]
@@ -146,24 +149,38 @@ def test_server_checksums_match_the_formula(site):
         assert sums == block_sums(old, bs), "weak/strong sums differ from the formula"
         s.sendall(naive_leader(new, bs, sums))
         # the data connection stays open after a raw sync (Java reuses it)
-        r150 = c.cmd("RETR f.bin")
-        assert r150.code == 150, r150
-        assert recv_exact(s, len(new)) == new
-        assert c.read_reply().code == 226
+        if codecs == "plain":
+            r150 = c.cmd("RETR f.bin")
+            assert r150.code == 150, r150
+            assert recv_exact(s, len(new)) == new
+            assert c.read_reply().code == 226
+        else:
+            assert c.cmd("NOOP").lines == ["200 OK"]
+            time.sleep(0.5)  # the follower renames when the exchange is complete
     assert site.path("f.bin").read_bytes() == new
     assert site.path("f.bin").stat().st_mode & 0o777 == 0o640, "permissions kept"
     assert [p.name for p in site.base.iterdir()] == ["f.bin"], "no temporary file left"
 
 
-def test_server_leader_records(site):
+SESSION_CODECS = {
+    "plain": {},
+    "gzip": {"compress": "true"},
+    "aes": {"key": base64.b64encode(os.urandom(48)).decode(), "algo": "AES"},
+}
+
+
+@pytest.mark.parametrize("codecs", list(SESSION_CODECS))
+def test_server_leader_records(site, codecs):
     """SYNC-TO-CLIENT: the server (leader) answers checksums computed by the formula with
-    records that rebuild its file, sending only the changed blocks as literal data."""
+    records that rebuild its file, sending only the changed blocks as literal data. With
+    one stream the exchange is raw whatever codecs the session has, as the Java client
+    runs it (PROTOCOL.md section 8)."""
     new = os.urandom(256 * 1024)
     site.put("f.bin", data=new)
     old = modified(new, [5000, 100_000, 200_000])
     bs = 1024
     sums = block_sums(old, bs)
-    c = site.control()
+    c = site.control(**SESSION_CODECS[codecs])
     _, s = c.pasv()
     with s:
         assert c.cmd("SYNC-TO-CLIENT f.bin").lines == ["200 OK"]

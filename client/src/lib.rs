@@ -684,12 +684,13 @@ impl Client {
     }
 
     /// Whether a sync exchange runs raw on the one data connection (one
-    /// stream, no codecs: what UFTPD 3.x and the Java client do) or as one
-    /// complete data-channel message per direction (several streams or
-    /// codecs: each side ends its message with the codec trailers and a
-    /// half-close, and the data channel is used up afterwards).
+    /// stream, whatever codecs the session has: what the Java client does,
+    /// PROTOCOL.md section 8) or as one complete data-channel message per
+    /// direction (several streams: each side ends its message with the
+    /// codec trailers and a half-close, and the data channel is used up
+    /// afterwards).
     fn sync_is_raw(&self) -> bool {
-        self.granted == 1 && self.stack.is_plain()
+        self.granted == 1
     }
 
     /// Opens the data channel and sends a SYNC command; sync exchanges can

@@ -94,8 +94,18 @@ impl Session {
     /// Readies the data channel for a sync exchange (before the 200).
     fn sync_channel(&mut self) -> Result<Channel, CmdError> {
         self.ready_data_for_sync()?;
-        let raw = self.data.streams == 1 && self.stack.is_plain();
+        // One stream: raw, whatever codecs the session has, as the Java
+        // client runs it (PROTOCOL section 8); codecs apply to several
+        // streams only.
+        let raw = self.data.streams == 1;
         if raw {
+            if !self.stack.is_plain() {
+                tracing::info!(
+                    "Sync on a one-stream session with {}: the exchange runs without it, \
+                     as the Java client expects",
+                    self.stack.describe()
+                );
+            }
             let conns = self.data.connections()?;
             let sock = conns
                 .first()
