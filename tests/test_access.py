@@ -110,6 +110,27 @@ def test_excludes_apply_to_hash(site):
     assert r.code == 534, r
 
 
+@pytest.mark.beyond_reference  # the reference checks the path as written only
+def test_excludes_and_includes_see_through_symlinks(site):
+    """A link inside the base does not open an excluded file under an
+    innocent name, nor a file outside the included set."""
+    site.put("hidden.secret", data=b"no\n")
+    site.put("shared.dat", data=b"yes\n")
+    u.symlink(site.base / "innocent.txt", "hidden.secret", site.user)
+    site.mkdir("d")
+    u.symlink(site.base / "d" / "alias.dat", "../hidden.secret", site.user)
+    c = site.control(excludes="*.secret")
+    for cmd in ("HASH innocent.txt",):
+        r = c.cmd(cmd)
+        assert r.code == 534, f"{cmd}: {r}"
+    assert run(c, "RETR innocent.txt", True).code == 534
+    assert run(c, "STOR innocent.txt", True).code == 534
+    assert site.path("hidden.secret").read_bytes() == b"no\n"
+    c = site.control(includes="*.dat", access_permissions="READ")
+    assert c.retr("shared.dat")[1] == b"yes\n"
+    assert run(c, "RETR d/alias.dat", True).code == 534
+
+
 def test_includes_data_sharing(site):
     """Data sharing: includes=<file name>, access-permissions=READ."""
     data = site.put("shared.dat", size=5000)
@@ -167,6 +188,22 @@ def test_nowrite_default_protects_authorized_keys(home_site):
     r = c.cmd("RNTO .ssh/authorized_keys")
     assert r.code == 534, r
     assert open(keys, "rb").read() == before
+
+
+def test_nowrite_sees_through_symlinks(home_site):
+    """A link to .ssh/authorized_keys (or to .ssh) made beforehand does not
+    make the protected file writable under another name."""
+    site, user, scratch = home_site
+    keys = os.path.join(user.home, ".ssh", "authorized_keys")
+    before = open(keys, "rb").read()
+    u.symlink(os.path.join(scratch, "aklink"), keys, user)
+    u.symlink(os.path.join(scratch, "sshlink"), os.path.join(user.home, ".ssh"), user)
+    c = site.control(file="")
+    for target in ("uftpd-test-nowrite/aklink", "uftpd-test-nowrite/sshlink/authorized_keys"):
+        r = run(c, f"STOR {target}", True)
+        assert r.code == 534, f"STOR {target}: {r}"
+    assert open(keys, "rb").read() == before
+    assert run(c, "STOR uftpd-test-nowrite/free.txt", True).code == 226
 
 
 @pytest.mark.parametrize("name", [

@@ -671,12 +671,24 @@ impl Session {
         Ok(())
     }
 
-    /// Resolve + includes/excludes (+ UFTP_NOWRITE when writing).
+    /// Resolve + includes/excludes (+ UFTP_NOWRITE when writing), on the
+    /// path as given and, when symbolic links inside the base make it
+    /// another file, on the path it really names: a link `keys ->
+    /// .ssh/authorized_keys` must not open a write-protected or excluded
+    /// file under an innocent name.
     fn target(&self, arg: &str, write: bool) -> Result<Resolved, CmdError> {
         let r = self.resolve(arg)?;
         self.check_access(&r.abs)?;
         if write {
             self.check_writable(&r.abs)?;
+        }
+        if let Some(real) = paths::real_within(&self.base, &r.rel)
+            && real != r.abs
+        {
+            self.check_access(&real)?;
+            if write {
+                self.check_writable(&real)?;
+            }
         }
         Ok(r)
     }

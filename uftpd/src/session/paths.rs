@@ -5,7 +5,7 @@
 //! resulting relative path beneath an open handle of the base directory, so
 //! symlinks cannot lead out either.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use glob::{MatchOptions, Pattern};
 
@@ -45,6 +45,32 @@ pub fn within(base: &str, abs: &str) -> bool {
     }
     abs == base
         || (abs.len() > base.len() && abs.starts_with(base) && abs.as_bytes()[base.len()] == b'/')
+}
+
+/// The path `rel` (below `base`) really names on the local file system,
+/// symbolic links resolved, written under the logical `base` (links in
+/// `base`'s own path are not expanded, so patterns written for the base
+/// keep matching). A last component that does not exist yet is taken as
+/// it is. `None` when the path cannot be resolved (no such parent, no
+/// permission, not a local file system) or leaves the base (the storage
+/// refuses those anyway).
+pub fn real_within(base: &str, rel: &Path) -> Option<String> {
+    let base_real = std::fs::canonicalize(base).ok()?;
+    let full = Path::new(base).join(rel);
+    let real = match std::fs::canonicalize(&full) {
+        Ok(p) => p,
+        Err(_) => {
+            let parent = std::fs::canonicalize(full.parent()?).ok()?;
+            parent.join(full.file_name()?)
+        }
+    };
+    let inside = real.strip_prefix(&base_real).ok()?;
+    let inside = inside.to_str()?;
+    Some(match (base.trim_end_matches('/'), inside) {
+        ("", "") => "/".to_string(),
+        (b, "") => b.to_string(),
+        (b, i) => format!("{b}/{i}"),
+    })
 }
 
 /// The path of `abs` relative to `base` (empty for the base itself).
