@@ -406,7 +406,7 @@ def test_data_connection_must_come_within_30_seconds(site):
             pass
         s_late.close()
     r = late.cmd("RETR f.bin")
-    assert r.code == 425 and "30 seconds" in r.last, r
+    assert r.code == 500 and "30 seconds" in r.last, r
     with s_early:
         n = bytes_available(early.cmd("RETR f.bin"))
         assert recv_exact(s_early, n) == data

@@ -256,7 +256,7 @@ def test_sync_errors(site):
     assert c.cmd("SYNC-TO-SERVER d").code == 550
     assert c.cmd("SYNC-TO-CLIENT").code == 501
     r = c.cmd("SYNC-TO-CLIENT f.bin")  # no data connection
-    assert r.code == 425, r
+    assert r.code == 500, r
     assert c.cmd("SYNC-TO-SERVER ../outside.bin").code == 534
     ro = site.control(access_permissions="READ")
     assert ro.cmd("SYNC-TO-SERVER f.bin").code == 534

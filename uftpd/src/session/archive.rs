@@ -206,7 +206,7 @@ impl Session {
                 None => {
                     self.range = super::Range::default();
                     self.data.close();
-                    return Err(CmdError::new(425, "No data connection"));
+                    return Err(CmdError::new(500, "No data connection"));
                 }
             }
         } else {
@@ -215,7 +215,7 @@ impl Session {
                 Ok(r) => Box::new(r),
                 Err(e) => {
                     self.range = super::Range::default();
-                    return Err(CmdError::new(425, format!("Cannot open data channel: {e}")));
+                    return Err(CmdError::new(500, format!("Cannot open data channel: {e}")));
                 }
             }
         };
@@ -248,7 +248,7 @@ impl Session {
                     && !complete
                 {
                     return Err(CmdError::new(
-                        426,
+                        500,
                         format!("data connection closed before {l} bytes arrived"),
                     ));
                 }
@@ -278,10 +278,10 @@ impl Session {
                     report.files
                 );
                 let code = match &e {
-                    ArchiveError::Network(_) => 426,
-                    ArchiveError::Format(_) => 451,
                     ArchiveError::Storage(s) if s.kind() == ErrorKind::NoSpace => 552,
-                    ArchiveError::Storage(_) => 451,
+                    ArchiveError::Network(_)
+                    | ArchiveError::Format(_)
+                    | ArchiveError::Storage(_) => 500,
                 };
                 Err(CmdError::new(
                     code,

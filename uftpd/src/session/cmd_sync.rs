@@ -109,9 +109,9 @@ impl Session {
             let conns = self.data.connections()?;
             let sock = conns
                 .first()
-                .ok_or_else(|| CmdError::new(425, "No data connection"))?
+                .ok_or_else(|| CmdError::new(500, "No data connection"))?
                 .try_clone()
-                .map_err(|e| CmdError::new(425, format!("Cannot use data connection: {e}")))?;
+                .map_err(|e| CmdError::new(500, format!("Cannot use data connection: {e}")))?;
             return Ok(Channel::Raw(sock));
         }
         let conns = self.data.take();

@@ -184,7 +184,7 @@ impl Session {
         let conns = self.data.take();
         DataWriter::new(conns, &self.stack, &ChannelOptions::default()).map_err(|e| {
             self.range = super::Range::default();
-            CmdError::new(425, format!("Cannot open data channel: {e}"))
+            CmdError::new(500, format!("Cannot open data channel: {e}"))
         })
     }
 
@@ -192,7 +192,7 @@ impl Session {
         let conns = self.data.take();
         DataReader::new(conns, &self.stack, &ChannelOptions::default()).map_err(|e| {
             self.range = super::Range::default();
-            CmdError::new(425, format!("Cannot open data channel: {e}"))
+            CmdError::new(500, format!("Cannot open data channel: {e}"))
         })
     }
 
@@ -253,7 +253,7 @@ impl Session {
             Ok(n) => {
                 self.end_transfer(false);
                 Err(CmdError::new(
-                    451,
+                    500,
                     format!(
                         "{}: file shrank while reading, sent {n} of {len} bytes",
                         r.abs
@@ -335,7 +335,7 @@ impl Session {
                 {
                     self.end_transfer(false);
                     return Err(CmdError::new(
-                        426,
+                        500,
                         format!(
                             "data connection closed after {n} of {want} bytes; {} is incomplete",
                             r.abs
@@ -507,13 +507,13 @@ impl Session {
 fn transfer_error(e: TransferError) -> CmdError {
     match e {
         TransferError::Network(e) => CmdError::new(
-            426,
+            500,
             format!("data connection closed, transfer aborted: {e}"),
         ),
         TransferError::File(e) => {
             let code = match storage_api::kind_of(&e) {
                 storage_api::ErrorKind::NoSpace => 552,
-                _ => 451,
+                _ => 500,
             };
             CmdError::new(code, format!("local error in processing: {e}"))
         }

@@ -69,11 +69,9 @@ impl From<StorageError> for CmdError {
 
 impl From<data::DataError> for CmdError {
     fn from(e: data::DataError) -> Self {
-        let code = match e {
-            data::DataError::RangeExhausted(..) | data::DataError::Listen(_) => 500,
-            _ => 425,
-        };
-        CmdError::new(code, e.to_string())
+        // PROTOCOL section 5: 500 for every error that is not a missing
+        // file, a forbidden path or a syntax error (UFTPD 3.x does the same)
+        CmdError::new(500, e.to_string())
     }
 }
 
