@@ -10,6 +10,7 @@
 
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::mem;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::thread;
@@ -184,6 +185,13 @@ impl DataReader {
         let aborts = streams.iter().filter_map(|s| s.abort_handle()).collect();
         let shared = Arc::new(Shared::new(aborts));
         let mut decoders = Vec::with_capacity(n);
+        // the socket of a single codec stream, polled (never read) to see
+        // whether more has arrived for the same hand-off
+        let ready_fd = if n == 1 {
+            streams.first().and_then(SourceStream::raw_fd)
+        } else {
+            None
+        };
         for (i, s) in streams.into_iter().enumerate() {
             let src: Box<dyn Read + Send> = if stack.is_plain() {
                 // The framed worker reads large pieces itself.
@@ -209,7 +217,7 @@ impl DataReader {
                     let r = if n > 1 {
                         framed_worker(i, n, dec, buf_size, &tx, &rrx)
                     } else {
-                        single_worker(dec, buf_size, &tx, &rrx)
+                        single_worker(dec, ready_fd, buf_size, &tx, &rrx)
                     };
                     if let Err(e) = r {
                         sh.fail(Some(i), &e);
@@ -384,16 +392,49 @@ fn framed_worker(
     }
 }
 
-/// Worker of a single-stream codec channel: one decoder read per message.
+/// Room left in a chunk below which a worker hands it over rather than
+/// reading more into it (one codec record or gzip output buffer).
+const MORE_ROOM: usize = 64 * 1024 + 64;
+
+/// Whether `fd` has something to read right now.
+fn readable_now(fd: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one initialised pollfd on the stack and a count of 1; poll
+    // only writes its `revents`. A zero timeout never blocks. The
+    // descriptor belongs to the stream under the decoder, which the worker
+    // owns for as long as this is called (and poll on a stale descriptor
+    // would only report POLLNVAL, not touch memory).
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & libc::POLLIN != 0
+}
+
+/// Worker of a single-stream codec channel: a decoder read per message,
+/// plus further reads into the same message while the socket already has
+/// more (fewer hand-offs and larger writes on the other side; it never
+/// waits for data that has not arrived, which a request/response exchange
+/// over the channel, like sync, would stall on).
 fn single_worker(
     mut src: Box<dyn Read + Send>,
+    ready_fd: Option<RawFd>,
     buf_size: usize,
     tx: &SyncSender<Msg>,
     rrx: &Receiver<Chunk>,
 ) -> io::Result<()> {
     loop {
         let mut c = take_chunk(rrx, buf_size);
-        let len = read_some(&mut *src, &mut c.buf)?;
+        let mut len = read_some(&mut *src, &mut c.buf)?;
+        if let Some(fd) = ready_fd {
+            while len > 0 && c.buf.len() - len >= MORE_ROOM && readable_now(fd) {
+                match read_some(&mut *src, &mut c.buf[len..])? {
+                    0 => break, // the end: reported by the next read
+                    k => len += k,
+                }
+            }
+        }
         let msg = if len == 0 {
             Msg::Eof
         } else {

@@ -50,6 +50,13 @@ pub trait SourceStream: Read + Send + 'static {
     fn abort_handle(&self) -> Option<Arc<dyn Abort>> {
         None
     }
+
+    /// The descriptor the stream reads from, if it is a socket or file: a
+    /// reader polls it to see whether more has arrived already (never
+    /// reads through it).
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 struct TcpAbort(TcpStream);
@@ -80,6 +87,10 @@ impl SinkStream for TcpStream {
 impl SourceStream for TcpStream {
     fn abort_handle(&self) -> Option<Arc<dyn Abort>> {
         SinkStream::abort_handle(self)
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
     }
 }
 
@@ -112,6 +123,10 @@ impl SourceStream for UnixStream {
     fn abort_handle(&self) -> Option<Arc<dyn Abort>> {
         SinkStream::abort_handle(self)
     }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
 impl SinkStream for File {
@@ -138,6 +153,10 @@ impl SinkStream for Box<dyn SinkStream> {
 impl SourceStream for Box<dyn SourceStream> {
     fn abort_handle(&self) -> Option<Arc<dyn Abort>> {
         (**self).abort_handle()
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        (**self).raw_fd()
     }
 }
 

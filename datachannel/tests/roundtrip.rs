@@ -135,3 +135,34 @@ fn skewed_compression_does_not_deadlock() {
     sender.join().expect("join").expect("writer");
     assert!(got == d);
 }
+
+#[test]
+fn single_codec_stream_delivers_what_arrived_without_waiting_for_more() {
+    // A request/response exchange over one gzip stream (what sync does over
+    // a codec channel): the reader must hand out a flushed message while
+    // the writer waits for the answer, however the reader batches its reads.
+    let stack = uftp_datachannel::CodecStack::legacy(None, None, true).expect("gzip");
+    let (ws, rs) = tcp_pairs(1);
+    let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
+    let (a, b) = (data(200_000, 1), data(50_000, 2));
+    let (st, aa, bb) = (stack.clone(), a.clone(), b.clone());
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut w = DataWriter::new(ws, &st, &ChannelOptions::default())?;
+        w.write_all(&aa)?;
+        w.flush()?;
+        ack_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .map_err(|_| std::io::Error::other("the reader never got the first message"))?;
+        w.write_all(&bb)?;
+        w.finish()
+    });
+    let mut r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
+    let mut got = vec![0u8; a.len()];
+    r.read_exact(&mut got).expect("first message");
+    assert!(got == a, "first message differs");
+    ack_tx.send(()).expect("ack");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).expect("second message");
+    assert!(rest == b, "second message differs");
+    sender.join().expect("join").expect("writer");
+}
