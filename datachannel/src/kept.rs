@@ -13,27 +13,10 @@
 use std::io::{self, IoSlice, Read, Write};
 
 use crate::frame::{FrameHeader, HEADER_LEN, MAX_ACCEPT_BLOCK, MAX_SEND_BLOCK, chunk_range};
+use crate::shared::write_all_vectored;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-/// Writes all of `bufs` (vectored, retrying short writes).
-fn write_all_slices<W: Write>(w: &mut W, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "data connection accepts no more data",
-                ));
-            }
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Reads into all of `buf`; how many bytes came before the end of the
@@ -88,7 +71,7 @@ pub fn send_kept<R: Read + ?Sized, S: Write>(
             }
             .encode();
             let mut slices = [IoSlice::new(&header), IoSlice::new(&block[off..off + plen])];
-            write_all_slices(conn, &mut slices)?;
+            write_all_vectored(conn, &mut slices, "a frame")?;
         }
         sent += size as u64;
         seq = seq.wrapping_add(1);

@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::thread;
 
 use crate::frame::{FrameHeader, HEADER_LEN, MAX_ACCEPT_BLOCK, chunk_range};
-use crate::shared::Shared;
+use crate::shared::{Shared, write_all_vectored};
 use crate::stack::CodecStack;
 use crate::stream::SourceStream;
 use crate::writer::check_count;
@@ -666,7 +666,7 @@ impl Piped {
                 };
                 slices.push(IoSlice::new(&buf[off..off + len]));
             }
-            write_all_vectored(out, &mut slices)?;
+            write_all_vectored(out, &mut slices, "the received data")?;
             Ok(total)
         });
         for (i, mut c) in held {
@@ -734,25 +734,6 @@ impl Piped {
         }
         Ok(total)
     }
-}
-
-/// Writes all of `bufs`.
-fn write_all_vectored(out: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match out.write_vectored(bufs) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "failed to write the received data",
-                ));
-            }
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 impl DataReader {

@@ -59,3 +59,29 @@ impl Shared {
         }
     }
 }
+
+/// Writes all of `bufs` with vectored writes (one `writev` per call on a
+/// socket or file), retrying short writes; `what` names the data in the
+/// error of a writer that accepts nothing.
+pub(crate) fn write_all_vectored(
+    w: &mut dyn std::io::Write,
+    mut bufs: &mut [std::io::IoSlice<'_>],
+    what: &str,
+) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind, IoSlice};
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(Error::new(
+                    ErrorKind::WriteZero,
+                    format!("failed to write {what}"),
+                ));
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

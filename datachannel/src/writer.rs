@@ -19,7 +19,7 @@ use codec_api::EncodeWriter;
 
 use crate::frame::{FramePart, plan_frames};
 use crate::mapped::{self, MappedBatch, Mapping};
-use crate::shared::Shared;
+use crate::shared::{Shared, write_all_vectored};
 use crate::stack::{CodecStack, SinkAdapter};
 use crate::stream::SinkStream;
 use crate::{ChannelError, ChannelOptions};
@@ -555,25 +555,6 @@ impl Piped {
     }
 }
 
-/// Writes all of `bufs` (one `writev` per call on a plain socket).
-fn write_all_vectored(w: &mut dyn Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        match w.write_vectored(bufs) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "failed to write frame",
-                ));
-            }
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Writes stream `i`'s frames of every block of `b`: headers from `parts`
 /// (scratch space), payloads straight from the batch buffer.
 fn write_frames(
@@ -591,7 +572,7 @@ fn write_frames(
             slices.push(IoSlice::new(&b.buf[p.off..p.off + p.len]));
         }
     }
-    write_all_vectored(w, &mut slices)
+    write_all_vectored(w, &mut slices, "a frame")
 }
 
 /// Worker of stream `i` of `n`: owns that stream's codec stack and socket.

@@ -300,21 +300,10 @@ fn accept_from(
     deadline: Instant,
     peer_ip: IpAddr,
 ) -> Result<TcpStream, DataError> {
-    listener.set_nonblocking(true).map_err(DataError::Accept)?;
     loop {
-        match listener.accept() {
-            Ok((s, addr)) => {
-                if addr.ip().to_canonical() != peer_ip {
-                    tracing::warn!(
-                        "Rejecting data connection from {} (expected {peer_ip})",
-                        addr.ip()
-                    );
-                    drop(s);
-                    continue;
-                }
-                return data_socket(s).map_err(DataError::Accept);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        match try_accept(listener, peer_ip) {
+            Ok(Some(s)) => return Ok(s),
+            Ok(None) => {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(DataError::Timeout(ACCEPT_TIMEOUT.as_secs()));
@@ -327,7 +316,6 @@ fn accept_from(
                     Err(e) => return Err(DataError::Accept(e.into())),
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(DataError::Accept(e)),
         }
     }
