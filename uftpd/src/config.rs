@@ -338,6 +338,12 @@ impl Config {
                 vars.insert((*name).to_string(), v);
             }
         }
+        // Two spellings of one variable: the environment (either spelling)
+        // overrides the file (either spelling).
+        let nowrite_raw = env("UFTP_NOWRITE")
+            .or_else(|| env("UFTP_NO_WRITE"))
+            .or_else(|| file_vars.get("UFTP_NOWRITE").cloned())
+            .or_else(|| file_vars.get("UFTP_NO_WRITE").cloned());
         let get = |n: &str| vars.get(n).map(String::as_str);
         let get_bool = |n: &'static str, default: bool| -> Result<bool, ConfigError> {
             match get(n) {
@@ -359,7 +365,7 @@ impl Config {
             Some(v) => Some(resolve_advertise(v)?),
             None => None,
         };
-        let nowrite = match get("UFTP_NOWRITE").or_else(|| get("UFTP_NO_WRITE")) {
+        let nowrite = match nowrite_raw.as_deref() {
             Some(v) => split_list(v),
             None => vec![".ssh/authorized_keys".to_string()],
         };
@@ -521,6 +527,19 @@ mod tests {
         assert!(!c.log_syslog);
         assert_eq!(c.nowrite, vec!["a", "b"]);
         assert_eq!(c.ignored, vec!["SETPRIV"]);
+    }
+
+    #[test]
+    fn nowrite_either_spelling_env_over_file() {
+        for (file, env, want) in [
+            ("export UFTP_NOWRITE=f", ("UFTP_NO_WRITE", "e"), "e"),
+            ("export UFTP_NO_WRITE=f", ("UFTP_NOWRITE", "e"), "e"),
+            ("export UFTP_NOWRITE=f", ("OTHER", "x"), "f"),
+            ("export UFTP_NO_WRITE=f", ("OTHER", "x"), "f"),
+        ] {
+            let c = load(&format!("{file}\n"), &[env]).expect("load");
+            assert_eq!(c.nowrite, vec![want], "{file} + {env:?}");
+        }
     }
 
     #[test]
