@@ -460,6 +460,38 @@ impl Piped {
         self.shared.error("data channel worker stopped")
     }
 
+    /// Lane `i`'s current frame, its header checked once.
+    fn current_frame(&mut self, i: usize) -> io::Result<Option<FrameRef>> {
+        let Some(f) = self.lanes[i]
+            .cur
+            .as_ref()
+            .map(|c| c.frames[self.lanes[i].frame])
+        else {
+            return Ok(None);
+        };
+        if !self.checked {
+            self.check_frame(f)?;
+        }
+        Ok(Some(f))
+    }
+
+    /// `k` more bytes of lane `i`'s current frame (of `len` payload bytes)
+    /// were handed out; at its end, moves on to the next stream's frame
+    /// (and the next block after the last stream).
+    fn consumed(&mut self, i: usize, k: usize, len: usize) {
+        let lane = &mut self.lanes[i];
+        lane.pos += k;
+        if lane.pos == len {
+            lane.frame += 1;
+            lane.pos = 0;
+            self.checked = false;
+            self.next = (i + 1) % self.lanes.len();
+            if self.next == 0 {
+                self.block_seq = self.block_seq.wrapping_add(1);
+            }
+        }
+    }
+
     /// Makes the current frame (framed) or chunk (single) of stream `i`
     /// available. `Ok(false)`: nothing has arrived and `block` is false,
     /// or the verified end was reached (`state` is then `Eof`).
@@ -587,30 +619,17 @@ impl Piped {
                 break;
             }
             if self.framed {
-                let f = match self.lanes[i].cur.as_ref() {
-                    Some(c) => c.frames[self.lanes[i].frame],
-                    None => break,
+                let Some(f) = self.current_frame(i)? else {
+                    break;
                 };
-                if !self.checked {
-                    self.check_frame(f)?;
-                }
                 let lane = &mut self.lanes[i];
                 let k = (f.len - lane.pos).min(out.len() - done);
                 if let Some(c) = &lane.cur {
                     let from = f.off + lane.pos;
                     out[done..done + k].copy_from_slice(&c.buf[from..from + k]);
                 }
-                lane.pos += k;
                 done += k;
-                if lane.pos == f.len {
-                    lane.frame += 1;
-                    lane.pos = 0;
-                    self.checked = false;
-                    self.next = (i + 1) % self.lanes.len();
-                    if self.next == 0 {
-                        self.block_seq = self.block_seq.wrapping_add(1);
-                    }
-                }
+                self.consumed(i, k, f.len);
             } else {
                 let lane = &mut self.lanes[0];
                 if let Some(c) = &lane.cur {
@@ -708,29 +727,16 @@ impl Piped {
             if !self.ready_with(i, block, &mut keep)? {
                 break;
             }
-            let f = match self.lanes[i].cur.as_ref() {
-                Some(c) => c.frames[self.lanes[i].frame],
-                None => break,
+            let Some(f) = self.current_frame(i)? else {
+                break;
             };
-            if !self.checked {
-                self.check_frame(f)?;
-            }
             let lane = &mut self.lanes[i];
             let k = (f.len - lane.pos).min(max - total);
             if k > 0 {
                 recs.push((Src::Lane(i), f.off + lane.pos, k));
             }
-            lane.pos += k;
             total += k;
-            if lane.pos == f.len {
-                lane.frame += 1;
-                lane.pos = 0;
-                self.checked = false;
-                self.next = (i + 1) % self.lanes.len();
-                if self.next == 0 {
-                    self.block_seq = self.block_seq.wrapping_add(1);
-                }
-            }
+            self.consumed(i, k, f.len);
         }
         Ok(total)
     }
