@@ -266,6 +266,41 @@ impl CodecParams {
     pub fn option(&self, name: &str) -> Option<&str> {
         self.options.get(name).map(String::as_str)
     }
+
+    /// An integer option within `range` (`default` when absent); any other
+    /// value is refused with [`CodecError::InvalidOption`] for `codec`.
+    ///
+    /// ```
+    /// use codec_api::CodecParams;
+    /// let p = CodecParams::new().with_option("level", "3");
+    /// assert_eq!(p.int_option("gzip", "level", 0..=9, 6).unwrap(), 3);
+    /// assert_eq!(CodecParams::new().int_option("gzip", "level", 0..=9, 6).unwrap(), 6);
+    /// let bad = CodecParams::new().with_option("level", "12");
+    /// assert!(bad.int_option("gzip", "level", 0..=9, 6).is_err());
+    /// ```
+    pub fn int_option<T>(
+        &self,
+        codec: &'static str,
+        name: &str,
+        range: std::ops::RangeInclusive<T>,
+        default: T,
+    ) -> Result<T, CodecError>
+    where
+        T: std::str::FromStr + PartialOrd + fmt::Display,
+    {
+        let Some(v) = self.option(name) else {
+            return Ok(default);
+        };
+        match v.trim().parse::<T>() {
+            Ok(x) if range.contains(&x) => Ok(x),
+            _ => Err(CodecError::InvalidOption {
+                codec,
+                name: name.into(),
+                value: v.into(),
+                reason: format!("expected an integer {}..={}", range.start(), range.end()),
+            }),
+        }
+    }
 }
 
 /// The encoding side of a codec: a writer that transforms what is written

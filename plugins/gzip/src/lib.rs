@@ -85,18 +85,7 @@ inventory::submit!(descriptor());
 
 /// Reads the `level` option (0..=9, default [`DEFAULT_LEVEL`]).
 pub fn level(params: &CodecParams) -> Result<u32, CodecError> {
-    match params.option("level") {
-        None => Ok(DEFAULT_LEVEL),
-        Some(v) => match v.trim().parse::<u32>() {
-            Ok(l) if l <= 9 => Ok(l),
-            _ => Err(CodecError::InvalidOption {
-                codec: NAME,
-                name: "level".into(),
-                value: v.into(),
-                reason: "expected an integer 0..=9".into(),
-            }),
-        },
-    }
+    params.int_option(NAME, "level", 0..=9, DEFAULT_LEVEL)
 }
 
 impl StreamCodec for Gzip {

@@ -102,18 +102,7 @@ inventory::submit!(descriptor());
 /// Reads the `level` option ([`MIN_LEVEL`]..=[`MAX_LEVEL`], default
 /// [`DEFAULT_LEVEL`]).
 pub fn level(params: &CodecParams) -> Result<i32, CodecError> {
-    match params.option("level") {
-        None => Ok(DEFAULT_LEVEL),
-        Some(v) => match v.trim().parse::<i32>() {
-            Ok(l) if (MIN_LEVEL..=MAX_LEVEL).contains(&l) => Ok(l),
-            _ => Err(CodecError::InvalidOption {
-                codec: NAME,
-                name: "level".into(),
-                value: v.into(),
-                reason: format!("expected an integer {MIN_LEVEL}..={MAX_LEVEL}"),
-            }),
-        },
-    }
+    params.int_option(NAME, "level", MIN_LEVEL..=MAX_LEVEL, DEFAULT_LEVEL)
 }
 
 fn setup_error(e: io::Error) -> CodecError {
