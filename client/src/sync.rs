@@ -54,6 +54,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
 use md5::{Digest, Md5};
+use uftp_datachannel::read_full;
 
 /// Block index of the last record.
 pub const END_INDEX: u32 = 0xFFFF_FFFF;
@@ -192,20 +193,6 @@ fn read_exact_channel(r: &mut dyn Read, buf: &mut [u8], what: &str) -> Result<()
             SyncError::Channel(e)
         }
     })
-}
-
-/// Reads as much as possible into `buf` (less only at end of file).
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 impl BlockSums {

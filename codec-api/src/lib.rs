@@ -568,6 +568,28 @@ pub fn validate_key(algo: &str, key: &[u8]) -> Result<(), CodecError> {
     c.validate(&CodecParams::new().with_key(key.to_vec()))
 }
 
+/// Reads into all of `buf` unless the stream ends first; returns how many
+/// bytes were read (less than `buf.len()` only at the end). Retries
+/// interrupted reads. For codecs that read whole records.
+///
+/// ```
+/// let mut r: &[u8] = b"abc";
+/// let mut buf = [0u8; 5];
+/// assert_eq!(codec_api::read_full(&mut r, &mut buf).unwrap(), 3);
+/// ```
+pub fn read_full<R: std::io::Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

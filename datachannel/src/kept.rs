@@ -14,24 +14,10 @@ use std::io::{self, IoSlice, Read, Write};
 
 use crate::frame::{FrameHeader, HEADER_LEN, MAX_ACCEPT_BLOCK, MAX_SEND_BLOCK, chunk_range};
 use crate::shared::write_all_vectored;
+use codec_api::read_full;
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-/// Reads into all of `buf`; how many bytes came before the end of the
-/// stream.
-fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Sends up to `len` bytes of `src` over `conns` in JPARSS frames (blocks

@@ -71,7 +71,7 @@ mod stack;
 pub mod stream;
 mod writer;
 
-pub use codec_api::{CodecError, CodecParams};
+pub use codec_api::{CodecError, CodecParams, read_full};
 pub use reader::DataReader;
 pub use stack::CodecStack;
 pub use stream::{Abort, SinkStream, SourceStream};

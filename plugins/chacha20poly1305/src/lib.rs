@@ -91,7 +91,9 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
-use codec_api::{CodecDescriptor, CodecError, CodecKind, CodecParams, EncodeWriter, StreamCodec};
+use codec_api::{
+    CodecDescriptor, CodecError, CodecKind, CodecParams, EncodeWriter, StreamCodec, read_full,
+};
 use hkdf::Hkdf;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use sha2::Sha256;
@@ -478,21 +480,6 @@ fn eof(msg: String) -> io::Error {
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{NAME}: {msg}"))
-}
-
-/// Reads into all of `buf`; returns how many bytes came before the end of
-/// the stream (less than `buf.len()` only at the end).
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 impl OpenReader<'_> {
