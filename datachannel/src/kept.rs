@@ -12,7 +12,8 @@
 
 use std::io::{self, IoSlice, Read, Write};
 
-use crate::frame::{FrameHeader, HEADER_LEN, MAX_ACCEPT_BLOCK, MAX_SEND_BLOCK, chunk_range};
+use crate::frame::{FrameHeader, HEADER_LEN, MAX_SEND_BLOCK, chunk_range};
+use crate::reader::check_header;
 use crate::shared::write_all_vectored;
 use codec_api::read_full;
 
@@ -108,27 +109,17 @@ pub fn receive_kept<R: Read, W: Write + ?Sized>(
                     ),
                 ));
             }
-            let fh =
-                FrameHeader::decode(&h).map_err(|e| invalid(format!("data stream {i}: {e}")))?;
-            if usize::from(fh.stream) != i || fh.seq != seq {
-                return Err(invalid(format!(
-                    "data stream {i}: frame of stream {} block {} where block {seq} was expected",
-                    fh.stream, fh.seq
-                )));
-            }
+            // the streaming reader's checks: magic, stream, sequence, size
+            // limit, this stream's share of the block
+            let fh = check_header(&h, i, n, seq)
+                .map_err(|e| invalid(format!("data stream {i}: {e}")))?;
             let size = fh.size as usize;
-            if *block_size.get_or_insert(size) != size || size == 0 || size > MAX_ACCEPT_BLOCK {
+            if *block_size.get_or_insert(size) != size || size == 0 {
                 return Err(invalid(format!(
                     "data stream {i}: block {seq} has an invalid size {size}"
                 )));
             }
-            let (_, plen) = chunk_range(size, n, i);
-            if fh.len as usize != plen {
-                return Err(invalid(format!(
-                    "data stream {i}: block {seq} carries {} bytes where {plen} were expected",
-                    fh.len
-                )));
-            }
+            let plen = fh.len as usize;
             if total + size as u64 > len {
                 return Err(invalid(format!(
                     "the client sent more than the announced {len} bytes"

@@ -276,7 +276,7 @@ fn read_some(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Checks a frame header of stream `i` of `n` where block `seq` is due.
-fn check_header(h: &[u8], i: usize, n: usize, seq: u32) -> io::Result<FrameHeader> {
+pub(crate) fn check_header(h: &[u8], i: usize, n: usize, seq: u32) -> io::Result<FrameHeader> {
     let mut a = [0u8; HEADER_LEN];
     a.copy_from_slice(&h[..HEADER_LEN]);
     let f = FrameHeader::decode(&a)?;
