@@ -297,8 +297,8 @@ impl Session {
         // KEEP-ALIVE with several plain streams: exactly the announced
         // length, connections kept (without a length the client ends the
         // data by closing, as always)
-        let kept = self.kept() && limit.is_some();
-        let mut channel = if direct || kept {
+        let kept = if self.kept() { limit } else { None };
+        let mut channel = if direct || kept.is_some() {
             None
         } else {
             Some(self.channel_reader()?)
@@ -310,19 +310,16 @@ impl Session {
             zero_copy: self.opts.sendfile,
             rate: limiter.as_mut(),
         };
-        let result = match channel.as_mut() {
+        let result = match (channel.as_mut(), kept) {
             // Codec and multi-stream data always runs to its verified end.
-            Some(reader) => transfer::receive_from_channel(reader, file.as_mut(), limit, params),
-            None if kept => match (self.kept_connections(), limit) {
-                (Ok(conns), Some(l)) => {
-                    transfer::receive_kept(conns, file.as_mut(), l, params.rate)
-                }
-                (Err(e), _) => Err(e),
-                (Ok(_), None) => Err(TransferError::Network(io::Error::other(
-                    "no announced length",
-                ))),
+            (Some(reader), _) => {
+                transfer::receive_from_channel(reader, file.as_mut(), limit, params)
+            }
+            (None, Some(len)) => match self.kept_connections() {
+                Ok(conns) => transfer::receive_kept(conns, file.as_mut(), len, params.rate),
+                Err(e) => Err(e),
             },
-            None => match self.data.first() {
+            (None, None) => match self.data.first() {
                 Ok(sock) => transfer::receive_file(sock, file.as_mut(), limit, params),
                 Err(e) => Err(TransferError::Network(e)),
             },
@@ -348,7 +345,7 @@ impl Session {
                 }
                 self.log_usage(false, n, started);
                 // Unknown length: the client closed its side to end the data.
-                self.end_transfer((direct || kept) && limit.is_some());
+                self.end_transfer((direct || kept.is_some()) && limit.is_some());
                 self.ok_reply("226 File transfer successful")
             }
             Err(e) => {
