@@ -77,6 +77,14 @@ pub enum TransferError {
     File(io::Error),
 }
 
+/// Accounts `n` bytes with the rate limiter, if there is one (sleeping to
+/// keep the rate).
+fn pace(rate: &mut Option<&mut RateLimiter>, n: usize) {
+    if let Some(r) = rate.as_deref_mut() {
+        r.take(n);
+    }
+}
+
 /// Transfer parameters.
 #[derive(Debug)]
 pub struct Params<'a> {
@@ -109,9 +117,7 @@ fn sendfile_loop(
             Ok(0) => break,
             Ok(n) => {
                 sent += n as u64;
-                if let Some(r) = rate.as_deref_mut() {
-                    r.take(n);
-                }
+                pace(&mut rate, n);
             }
             Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => continue,
             Err(e @ (nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS)) if sent == 0 => {
@@ -171,9 +177,7 @@ pub fn send_file(
         };
         sock.write_all(&buf[..n]).map_err(TransferError::Network)?;
         sent += n as u64;
-        if let Some(r) = rate.as_deref_mut() {
-            r.take(n);
-        }
+        pace(&mut rate, n);
     }
     Ok(sent)
 }
@@ -249,9 +253,7 @@ fn splice_loop(
             }
         }
         total += n as u64;
-        if let Some(r) = rate.as_deref_mut() {
-            r.take(n);
-        }
+        pace(&mut rate, n);
     }
     Ok(Spliced::Done(total))
 }
@@ -323,9 +325,7 @@ pub fn receive_file(
         };
         file.write_all(&buf[..n]).map_err(TransferError::File)?;
         total += n as u64;
-        if let Some(r) = rate.as_deref_mut() {
-            r.take(n);
-        }
+        pace(&mut rate, n);
     }
     Ok(total)
 }
@@ -407,12 +407,8 @@ pub fn send_kept(
     mut rate: Option<&mut RateLimiter>,
 ) -> Result<u64, TransferError> {
     let mut src = FileSide { file, failed: None };
-    let mut pace = |n: usize| {
-        if let Some(r) = rate.as_deref_mut() {
-            r.take(n);
-        }
-    };
-    match uftp_datachannel::kept::send_kept(&mut src, len, conns, &mut pace) {
+    let mut each_block = |n: usize| pace(&mut rate, n);
+    match uftp_datachannel::kept::send_kept(&mut src, len, conns, &mut each_block) {
         Ok(n) => Ok(n),
         Err(e) => Err(src.error(e)),
     }
@@ -427,12 +423,8 @@ pub fn receive_kept(
     mut rate: Option<&mut RateLimiter>,
 ) -> Result<u64, TransferError> {
     let mut dst = FileSide { file, failed: None };
-    let mut pace = |n: usize| {
-        if let Some(r) = rate.as_deref_mut() {
-            r.take(n);
-        }
-    };
-    match uftp_datachannel::kept::receive_kept(conns, &mut dst, len, &mut pace) {
+    let mut each_block = |n: usize| pace(&mut rate, n);
+    match uftp_datachannel::kept::receive_kept(conns, &mut dst, len, &mut each_block) {
         Ok(n) => Ok(n),
         Err(e) => Err(dst.error(e)),
     }
@@ -565,9 +557,7 @@ pub fn receive_from_channel(
             }
         };
         total += n as u64;
-        if let Some(l) = rate.as_deref_mut() {
-            l.take(n);
-        }
+        pace(&mut rate, n);
     }
     Ok(total)
 }
