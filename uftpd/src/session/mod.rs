@@ -202,6 +202,8 @@ struct Parts {
 impl Parts {
     fn into_session(self, ctl: Control) -> Session {
         Session {
+            // once per session, as the session user
+            base_real: std::fs::canonicalize(&self.base).ok(),
             ctl,
             storage: self.storage,
             identity: self.identity,
@@ -232,6 +234,8 @@ pub struct Session {
     request: TransferRequest,
     settings: SessionSettings,
     base: String,
+    /// The base with symbolic links resolved, where it is a local path.
+    base_real: Option<PathBuf>,
     cwd: String,
     access: AccessLevel,
     includes: PatternSet,
@@ -680,7 +684,10 @@ impl Session {
         if write {
             self.check_writable(&r.abs)?;
         }
-        if let Some(real) = paths::real_within(&self.base, &r.rel)
+        if let Some(real) = self
+            .base_real
+            .as_deref()
+            .and_then(|b| paths::real_within(&self.base, b, &r.rel))
             && real != r.abs
         {
             self.check_access(&real)?;

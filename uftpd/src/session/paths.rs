@@ -47,15 +47,14 @@ pub fn within(base: &str, abs: &str) -> bool {
         || (abs.len() > base.len() && abs.starts_with(base) && abs.as_bytes()[base.len()] == b'/')
 }
 
-/// The path `rel` (below `base`) really names on the local file system,
-/// symbolic links resolved, written under the logical `base` (links in
-/// `base`'s own path are not expanded, so patterns written for the base
-/// keep matching). A last component that does not exist yet is taken as
+/// The path `rel` (below `base`, which resolves to `base_real`) really
+/// names on the local file system, symbolic links resolved, written under
+/// the logical `base` (links in `base`'s own path are not expanded, so
+/// patterns written for the base keep matching). A last component that does not exist yet is taken as
 /// it is. `None` when the path cannot be resolved (no such parent, no
 /// permission, not a local file system) or leaves the base (the storage
 /// refuses those anyway).
-pub fn real_within(base: &str, rel: &Path) -> Option<String> {
-    let base_real = std::fs::canonicalize(base).ok()?;
+pub fn real_within(base: &str, base_real: &Path, rel: &Path) -> Option<String> {
     let full = Path::new(base).join(rel);
     let real = match std::fs::canonicalize(&full) {
         Ok(p) => p,
@@ -64,7 +63,7 @@ pub fn real_within(base: &str, rel: &Path) -> Option<String> {
             parent.join(full.file_name()?)
         }
     };
-    let inside = real.strip_prefix(&base_real).ok()?;
+    let inside = real.strip_prefix(base_real).ok()?;
     let inside = inside.to_str()?;
     Some(match (base.trim_end_matches('/'), inside) {
         ("", "") => "/".to_string(),
