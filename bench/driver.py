@@ -907,6 +907,31 @@ def gzip_speed(env, path, level=6):
     return {"compress": size / MiB / ccpu, "decompress": size / MiB / dcpu, "ratio": size / csize}
 
 
+def uftpd_gzip_speed(env, path, level=1, threads=None):
+    """uftpd's own gzip encoder (uftp-codec, the same plugin the server
+    runs): ratio, MiB/s of input on the wall clock and CPU s/GiB."""
+    codec = pathlib.Path(env.uftpc_bin).with_name("uftp-codec")
+    if not codec.exists():
+        return None
+    argv = [str(codec), "--encode", "--gzip", "--level", str(level)]
+    if threads:
+        argv += ["--threads", str(threads)]
+    size = path.stat().st_size
+    gz = env.work / "semi.uftpd.gz"
+    with open(path, "rb") as inp, open(gz, "wb") as out:
+        t0 = time.monotonic()
+        p = subprocess.Popen(argv, stdin=inp, stdout=out)
+        _, st, ru = os.wait4(p.pid, 0)
+        wall = time.monotonic() - t0
+    csize = gz.stat().st_size
+    gz.unlink()
+    if st != 0:
+        return None
+    cpu = ru.ru_utime + ru.ru_stime
+    return {"compress": size / MiB / wall, "ratio": size / csize,
+            "cpu_gib": cpu / (size / GiB), "threads": threads}
+
+
 def zstd_speed(path, level=1):
     if not shutil.which("zstd"):
         return None
@@ -938,6 +963,8 @@ def measure_limits(env, R):
             L[f"{alg}/dec"] = openssl_speed(alg, True, secs)
     L["gzip"] = gzip_speed(env, env.data / "semi.bin")
     L["gzip1"] = gzip_speed(env, env.data / "semi.bin", level=1)
+    L["uftpd_gzip1"] = uftpd_gzip_speed(env, env.data / "semi.bin", threads=1)
+    L["uftpd_gzip1_mt"] = uftpd_gzip_speed(env, env.data / "semi.bin")
     L["zstd"] = zstd_speed(env.data / "semi.bin")
     R["limits"] = L
 
@@ -1589,8 +1616,13 @@ def write_report(env, R, path):
             w(f"| gzip -d decompress, 1 core | {fmt(g['decompress'])} | {fmt(1024 / g['decompress'], 1)} |")
         g1 = L.get("gzip1")
         if g1:
-            w(f"| gzip -1 compress, 1 core (ratio {g1['ratio']:.2f}; uftpd's default GZIP_LEVEL) | "
+            w(f"| gzip -1 compress, 1 core (ratio {g1['ratio']:.2f}) | "
               f"{fmt(g1['compress'])} | {fmt(1024 / g1['compress'], 1)} |")
+        for k, t in (("uftpd_gzip1", "1 thread"), ("uftpd_gzip1_mt", "default threads (cores, ≤ 4)")):
+            u = L.get(k)
+            if u:
+                w(f"| uftpd's gzip at GZIP_LEVEL 1 (zlib-rs), {t} (ratio {u['ratio']:.2f}) | "
+                  f"{fmt(u['compress'])} | {fmt(u['cpu_gib'], 1)} |")
         z = L.get("zstd")
         if z:
             w(f"| zstd -b1 compress, 1 core (ratio {z['ratio']:.2f}) | {fmt(z['compress'])} | {fmt(1024 / z['compress'], 1)} |")

@@ -38,6 +38,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "PAM_MODULE",
     "REQUEST_LIFETIME",
     "GZIP_LEVEL",
+    "COMPRESS_THREADS",
     "STORAGE_BACKEND",
     "CMD_AUTHORIZER",
     "PLUGINS",
@@ -129,6 +130,9 @@ pub struct Config {
     pub request_lifetime: Duration,
     /// zlib level (0-9) for gzip-compressed data channels.
     pub gzip_level: u32,
+    /// Threads compressing one gzip or zstd stream (1-64); `None`: the
+    /// machine's cores, at most 4 (the codecs' default).
+    pub compress_threads: Option<u32>,
     /// The file the configuration came from, if any.
     pub source: Option<PathBuf>,
     /// Names set in the file that uftpd does not use.
@@ -427,6 +431,20 @@ impl Config {
                 }
                 None => DEFAULT_GZIP_LEVEL,
             },
+            compress_threads: match get("COMPRESS_THREADS") {
+                Some(v) => {
+                    let n: u32 = parse_num("COMPRESS_THREADS", v, 1, "expected 1-64 threads")?;
+                    if n > 64 {
+                        return Err(ConfigError::Invalid {
+                            name: "COMPRESS_THREADS",
+                            value: v.to_string(),
+                            reason: "expected 1-64 threads".into(),
+                        });
+                    }
+                    Some(n)
+                }
+                None => None,
+            },
             request_lifetime: Duration::from_secs(match get("REQUEST_LIFETIME") {
                 Some(v) => parse_num("REQUEST_LIFETIME", v, 1, "expected seconds >= 1")?,
                 None => 300,
@@ -553,6 +571,8 @@ mod tests {
             ("export PORT_RANGE=6000:5000", "PORT_RANGE"),
             ("export MAX_CONNECTIONS=-1", "MAX_CONNECTIONS"),
             ("export GZIP_LEVEL=10", "GZIP_LEVEL"),
+            ("export COMPRESS_THREADS=0", "COMPRESS_THREADS"),
+            ("export COMPRESS_THREADS=65", "COMPRESS_THREADS"),
             (
                 "export ADVERTISE_HOST=no.such.host.invalid",
                 "ADVERTISE_HOST",

@@ -49,6 +49,9 @@ pub struct SessionSettings {
     pub switch_user: bool,
     /// gzip level for compressed data channels.
     pub gzip_level: u32,
+    /// Threads per compressed stream, gzip and zstd (COMPRESS_THREADS; `None`: the codec's default).
+    #[serde(default)]
+    pub compress_threads: Option<u32>,
     /// Storage backend plugin name.
     pub storage_backend: String,
     /// Dynamic plugin libraries (PLUGINS), loaded by the session process
@@ -74,6 +77,7 @@ impl SessionSettings {
             pam_module: c.pam_module.clone(),
             switch_user,
             gzip_level: c.gzip_level,
+            compress_threads: c.compress_threads,
             storage_backend: c.storage_backend.clone(),
             plugins: c.plugins.clone(),
             file_vars: c.effective_file_vars(),

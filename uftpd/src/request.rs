@@ -237,9 +237,14 @@ pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
 impl TransferRequest {
     /// The codec stack of the data channel (encryption, compression), built
     /// and validated from the request's key/algo/compress; gzip compresses
-    /// at `gzip_level` (the wire format is the same at every level), zstd
-    /// at its default level 1.
-    pub fn codec_stack(&self, gzip_level: u32) -> Result<uftp_datachannel::CodecStack, String> {
+    /// at `gzip_level` (the wire format is the same at every level) with
+    /// `compress_threads` threads per stream (`None`: the codec's default), zstd
+    /// at its default level 1 with the same threads.
+    pub fn codec_stack(
+        &self,
+        gzip_level: u32,
+        compress_threads: Option<u32>,
+    ) -> Result<uftp_datachannel::CodecStack, String> {
         use uftp_datachannel::{CodecParams, CodecStack};
         let stack = match &self.key {
             Some(k) if k.algo == CipherAlgo::ChaCha20Poly1305 => CodecStack::plain().with(
@@ -256,13 +261,17 @@ impl TransferRequest {
             }
         }
         .map_err(|e| e.to_string())?;
+        let with_threads = |params: CodecParams| match compress_threads {
+            Some(n) => params.with_option("threads", n.to_string()),
+            None => params,
+        };
         match self.compress {
             Compression::None => Ok(stack),
             Compression::Gzip => stack.with(
                 "gzip",
-                CodecParams::new().with_option("level", gzip_level.to_string()),
+                with_threads(CodecParams::new().with_option("level", gzip_level.to_string())),
             ),
-            Compression::Zstd => stack.with(uftpd_zstd::NAME, CodecParams::new()),
+            Compression::Zstd => stack.with(uftpd_zstd::NAME, with_threads(CodecParams::new())),
         }
         .map_err(|e| e.to_string())
     }
@@ -366,7 +375,7 @@ pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, St
         access,
     };
     // A key of the wrong length is refused now, not at transfer time.
-    request.codec_stack(crate::config::DEFAULT_GZIP_LEVEL)?;
+    request.codec_stack(crate::config::DEFAULT_GZIP_LEVEL, None)?;
     Ok(request)
 }
 
@@ -489,7 +498,7 @@ mod tests {
         assert_eq!(r.key.as_ref().map(|k| k.algo), Some(CipherAlgo::Aes));
 
         // the stacks, outermost first
-        let stack = |r: &TransferRequest| r.codec_stack(6).expect("stack").describe();
+        let stack = |r: &TransferRequest| r.codec_stack(6, None).expect("stack").describe();
         let r = req(&[
             ("key", &k32),
             ("algo", "CHACHA20-POLY1305"),

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! uftp-codec --encode|--decode [--algo BLOWFISH|AES] [--key-b64 KEY]
-//!            [--gzip [--level N]] [--streams N] [--prefix PREFIX]
+//!            [--gzip [--level N] [--threads N]] [--streams N] [--prefix PREFIX]
 //! uftp-codec --loopback-bench MIB [--bench-side encode|decode|both] [--algo ..] [--key-b64 ..]
 //!            [--gzip] [--streams N]
 //! ```
@@ -27,7 +27,7 @@ use uftp_datachannel::{
 };
 
 const USAGE: &str = "usage: uftp-codec --encode|--decode [--algo BLOWFISH|AES] [--key-b64 KEY] \
-[--gzip [--level N]] [--streams N] [--prefix PREFIX]\n       uftp-codec --loopback-bench MIB \
+[--gzip [--level N] [--threads N]] [--streams N] [--prefix PREFIX]\n       uftp-codec --loopback-bench MIB \
 [--bench-side encode|decode|both] [--algo ..] [--key-b64 ..] [--gzip] [--streams N]";
 
 #[derive(Debug, PartialEq)]
@@ -44,6 +44,7 @@ struct Args {
     key: Option<Vec<u8>>,
     gzip: bool,
     level: Option<String>,
+    threads: Option<String>,
     streams: usize,
     prefix: Option<String>,
     side: String,
@@ -57,6 +58,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         key: None,
         gzip: false,
         level: None,
+        threads: None,
         streams: 1,
         prefix: None,
         side: "both".into(),
@@ -82,6 +84,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--gzip" => a.gzip = true,
             "--level" => a.level = Some(value("--level")?),
+            "--threads" => a.threads = Some(value("--threads")?),
             "--streams" => {
                 let v = value("--streams")?;
                 a.streams = v.parse().map_err(|_| format!("bad stream count '{v}'"))?;
@@ -109,6 +112,9 @@ fn stack(a: &Args) -> Result<CodecStack, String> {
         let mut p = CodecParams::new();
         if let Some(l) = &a.level {
             p = p.with_option("level", l.clone());
+        }
+        if let Some(t) = &a.threads {
+            p = p.with_option("threads", t.clone());
         }
         s = s
             .with_codec(Arc::from(uftpd_gzip::DESCRIPTOR.instantiate()), p)

@@ -21,7 +21,13 @@
 //!   or corrupt deflate data is [`InvalidData`](std::io::ErrorKind::InvalidData).
 //!
 //! Options: `level` = 0..=9 (zlib compression level), default
-//! [`DEFAULT_LEVEL`] (6, as Java's and Python's defaults).
+//! [`DEFAULT_LEVEL`] (6, as Java's and Python's defaults); `threads` =
+//! 1..=64, how many threads compress ONE stream (default
+//! [`default_threads`]: the machine's cores, at most 4). With more than one
+//! the member is cut into 256 KiB pieces compressed in parallel, each primed
+//! with the 32 KiB before it and ended by a sync flush (the technique of
+//! pigz, see `src/parallel.rs`); the wire format is the same single member,
+//! readers cannot tell.
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -46,6 +52,8 @@
 //! assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
 //! # Ok(()) }
 //! ```
+
+mod parallel;
 
 use std::io::{self, Read, Write};
 
@@ -88,6 +96,22 @@ pub fn level(params: &CodecParams) -> Result<u32, CodecError> {
     params.int_option(NAME, "level", 0..=9, DEFAULT_LEVEL)
 }
 
+/// Most threads one stream uses by default.
+pub const MAX_DEFAULT_THREADS: usize = 4;
+
+/// The default of the `threads` option: the cores this process may use, at
+/// most [`MAX_DEFAULT_THREADS`].
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_DEFAULT_THREADS)
+}
+
+/// Reads the `threads` option (1..=64, default [`default_threads`]).
+pub fn threads(params: &CodecParams) -> Result<usize, CodecError> {
+    params.int_option(NAME, "threads", 1..=64, default_threads())
+}
+
 impl StreamCodec for Gzip {
     fn name(&self) -> &'static str {
         NAME
@@ -98,7 +122,8 @@ impl StreamCodec for Gzip {
     }
 
     fn validate(&self, params: &CodecParams) -> Result<(), CodecError> {
-        level(params).map(|_| ())
+        level(params)?;
+        threads(params).map(|_| ())
     }
 
     fn encoder<'a>(
@@ -106,10 +131,13 @@ impl StreamCodec for Gzip {
         params: &CodecParams,
         inner: Box<dyn EncodeWriter + 'a>,
     ) -> Result<Box<dyn EncodeWriter + 'a>, CodecError> {
-        let level = level(params)?;
-        Ok(Box::new(GzipWriter {
-            inner: flate2::write::GzEncoder::new(inner, Compression::new(level)),
-        }))
+        let level = Compression::new(level(params)?);
+        match threads(params)? {
+            1 => Ok(Box::new(GzipWriter {
+                inner: flate2::write::GzEncoder::new(inner, level),
+            })),
+            n => Ok(Box::new(parallel::ParallelGzipWriter::new(inner, level, n))),
+        }
     }
 
     fn decoder<'a>(
@@ -322,6 +350,149 @@ mod tests {
         enc.write_all(b"flags").expect("w");
         enc.finish().expect("finish");
         assert_eq!(decode(&wire).expect("decode"), b"flags");
+    }
+
+    fn encode_with(data: &[u8], level: &str, threads: &str, flush_every: Option<usize>) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let p = CodecParams::new()
+            .with_option("level", level)
+            .with_option("threads", threads);
+        let mut enc = Gzip
+            .encoder(&p, Box::new(PlainSink::new(&mut wire)))
+            .expect("encoder");
+        match flush_every {
+            None => enc.write_all(data).expect("write"),
+            Some(n) => {
+                for c in data.chunks(n) {
+                    enc.write_all(c).expect("write");
+                    enc.flush().expect("flush");
+                }
+            }
+        }
+        enc.finish().expect("finish");
+        wire
+    }
+
+    /// Text-like data with repeats far apart (matches across piece cuts)
+    /// and incompressible stretches.
+    fn mixed(len: usize) -> Vec<u8> {
+        let mut x: u32 = 12345;
+        let words: Vec<Vec<u8>> = (0..300)
+            .map(|i| format!("w{}x{} ", i * 7919 % 1000, i % 13).into_bytes())
+            .collect();
+        let mut out = Vec::with_capacity(len + 64);
+        while out.len() < len {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            if x.is_multiple_of(17) {
+                out.extend((0..200).map(|k| (x >> (k % 24)) as u8 ^ k as u8));
+            } else {
+                out.extend_from_slice(&words[(x >> 8) as usize % words.len()]);
+            }
+        }
+        out.truncate(len);
+        out
+    }
+
+    /// One member, decodable by a decoder that reads exactly one (as
+    /// Python's zlib with wbits=31 does).
+    fn single_member_decode(wire: &[u8]) -> Vec<u8> {
+        let mut d = flate2::read::GzDecoder::new(wire);
+        let mut out = Vec::new();
+        d.read_to_end(&mut out).expect("one member");
+        out
+    }
+
+    #[test]
+    fn parallel_member_round_trips_at_every_size_and_level() {
+        let piece = parallel::PIECE;
+        let data = mixed(3 * piece + 1000);
+        let cases = [
+            0,
+            1,
+            100,
+            piece - 1,
+            piece,
+            piece + 1,
+            2 * piece + 7,
+            data.len(),
+        ]
+        .into_iter()
+        .flat_map(|len| [("2", "1"), ("4", "6")].map(|(t, l)| (len, t, l)))
+        .chain([(piece + 1, "3", "0"), (piece + 1, "3", "9")]);
+        {
+            for (len, threads, level) in cases {
+                {
+                    let wire = encode_with(&data[..len], level, threads, None);
+                    assert_eq!(&wire[..4], &[0x1f, 0x8b, 8, 0]);
+                    assert_eq!(
+                        single_member_decode(&wire),
+                        &data[..len],
+                        "len {len} threads {threads} level {level}"
+                    );
+                    assert_eq!(decode(&wire).expect("decode"), &data[..len]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_member_with_sync_flushes() {
+        let data = mixed(parallel::PIECE * 2 + 333);
+        for (len, every) in [
+            (3000, 1),
+            (data.len(), 7000),
+            (data.len(), 70_000),
+            (data.len(), parallel::PIECE + 5),
+        ] {
+            let wire = encode_with(&data[..len], "1", "4", Some(every));
+            assert_eq!(
+                single_member_decode(&wire),
+                &data[..len],
+                "flush every {every}"
+            );
+        }
+    }
+
+    #[test]
+    fn parallel_member_compresses_about_as_well_as_one_thread() {
+        let data = mixed(4 * parallel::PIECE);
+        for level in ["1", "6"] {
+            let serial = encode_with(&data, level, "1", None).len();
+            let par = encode_with(&data, level, "4", None).len();
+            assert!(
+                (par as f64) < serial as f64 * 1.01,
+                "level {level}: {par} bytes with 4 threads, {serial} with one"
+            );
+        }
+    }
+
+    #[test]
+    fn parallel_member_truncations_are_errors() {
+        let data = mixed(parallel::PIECE + 5000);
+        let wire = encode_with(&data, "1", "2", None);
+        for cut in (0..wire.len())
+            .step_by(997)
+            .chain(wire.len() - 9..wire.len())
+        {
+            let e = decode(&wire[..cut]).expect_err("truncated");
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}: {e}");
+        }
+    }
+
+    #[test]
+    fn threads_option() {
+        assert!(
+            (1..=MAX_DEFAULT_THREADS).contains(&threads(&CodecParams::new()).expect("default"))
+        );
+        let p = CodecParams::new().with_option("threads", "8");
+        assert_eq!(threads(&p).expect("8"), 8);
+        for bad in ["0", "65", "many"] {
+            let p = CodecParams::new().with_option("threads", bad);
+            assert!(
+                matches!(Gzip.validate(&p), Err(CodecError::InvalidOption { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,10 @@
 //!   level up to 19 stays within that.
 //!
 //! Options: `level` = [`MIN_LEVEL`]..=[`MAX_LEVEL`] (negative levels are
-//! zstd's fast modes), default [`DEFAULT_LEVEL`] (1).
+//! zstd's fast modes), default [`DEFAULT_LEVEL`] (1); `threads` = 1..=64,
+//! how many threads compress ONE stream (zstd's own multi-threaded mode,
+//! still one frame; default [`default_threads`]: the machine's cores, at
+//! most 4). With one thread the caller compresses.
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -99,6 +102,22 @@ pub static DESCRIPTOR: CodecDescriptor = descriptor();
 
 inventory::submit!(descriptor());
 
+/// Most threads one stream uses by default.
+pub const MAX_DEFAULT_THREADS: usize = 4;
+
+/// The default of the `threads` option: the cores this process may use, at
+/// most [`MAX_DEFAULT_THREADS`].
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_DEFAULT_THREADS)
+}
+
+/// Reads the `threads` option (1..=64, default [`default_threads`]).
+pub fn threads(params: &CodecParams) -> Result<u32, CodecError> {
+    params.int_option(NAME, "threads", 1..=64, default_threads() as u32)
+}
+
 /// Reads the `level` option ([`MIN_LEVEL`]..=[`MAX_LEVEL`], default
 /// [`DEFAULT_LEVEL`]).
 pub fn level(params: &CodecParams) -> Result<i32, CodecError> {
@@ -119,7 +138,8 @@ impl StreamCodec for Zstd {
     }
 
     fn validate(&self, params: &CodecParams) -> Result<(), CodecError> {
-        level(params).map(|_| ())
+        level(params)?;
+        threads(params).map(|_| ())
     }
 
     fn encoder<'a>(
@@ -130,6 +150,13 @@ impl StreamCodec for Zstd {
         let level = level(params)?;
         let mut enc = zstd::stream::write::Encoder::new(inner, level).map_err(setup_error)?;
         enc.include_checksum(true).map_err(setup_error)?;
+        match threads(params)? {
+            1 => {}
+            // zstd's workers: jobs of the one frame compressed in parallel
+            // (and off the caller's thread). The threads start with the
+            // first write; if they cannot be started, that write fails.
+            n => enc.multithread(n).map_err(setup_error)?,
+        }
         Ok(Box::new(ZstdWriter { inner: enc }))
     }
 
@@ -320,6 +347,57 @@ mod tests {
         (0..n as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 & 0x3f)
             .collect()
+    }
+
+    fn encode_threads(data: &[u8], threads: &str, flush_every: Option<usize>) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let p = CodecParams::new().with_option("threads", threads);
+        let mut enc = Zstd
+            .encoder(&p, Box::new(PlainSink::new(&mut wire)))
+            .expect("encoder");
+        match flush_every {
+            None => enc.write_all(data).expect("write"),
+            Some(n) => {
+                for c in data.chunks(n) {
+                    enc.write_all(c).expect("write");
+                    enc.flush().expect("flush");
+                }
+            }
+        }
+        enc.finish().expect("finish");
+        wire
+    }
+
+    #[test]
+    fn several_threads_make_one_frame() {
+        // Larger than zstd's job size at level 1, so that the workers
+        // really share the frame.
+        let data = sample(9 << 20);
+        for threads in ["1", "2", "4"] {
+            let wire = encode_threads(&data, threads, None);
+            assert_eq!(decode(&wire).expect("one frame"), data, "threads {threads}");
+            // Exactly one frame: the plain zstd decoder reads all of it.
+            assert_eq!(zstd::decode_all(&wire[..]).expect("zstd"), data);
+        }
+        let wire = encode_threads(&data[..300_000], "4", Some(10_000));
+        assert_eq!(decode(&wire).expect("flushed frame"), &data[..300_000]);
+        let wire = encode_threads(b"", "4", None);
+        assert_eq!(decode(&wire).expect("empty frame"), b"");
+    }
+
+    #[test]
+    fn threads_option() {
+        assert!(
+            (1..=MAX_DEFAULT_THREADS as u32)
+                .contains(&threads(&CodecParams::new()).expect("default"))
+        );
+        for bad in ["0", "65", "x"] {
+            let p = CodecParams::new().with_option("threads", bad);
+            assert!(
+                matches!(Zstd.validate(&p), Err(CodecError::InvalidOption { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

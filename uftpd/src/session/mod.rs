@@ -416,7 +416,7 @@ impl Session {
             .stream()
             .peer_addr()
             .map_err(|e| format!("control connection: {e}"))?;
-        let stack = request.codec_stack(settings.gzip_level)?;
+        let stack = request.codec_stack(settings.gzip_level, settings.compress_threads)?;
         let mut data = DataChannel::new(local, peer, settings.port_range);
         data.streams = (request.streams.min(settings.max_streams) as usize).max(1);
         let opts = Options {
