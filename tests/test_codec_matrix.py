@@ -385,3 +385,24 @@ def test_data_connections_close_with_socket_level_eof(csite):
         for s in socks:
             s.close()
     assert c.read_reply().code == 226
+
+
+# ---------------------------------------------------------------- COMPRESS_THREADS
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_compress_threads_still_make_one_gzip_member(daemon_factory, site_factory, threads):
+    """With COMPRESS_THREADS > 1 the daemon compresses 256 KiB pieces of one
+    stream in parallel; Python's zlib (wbits=31, strict: trailer required,
+    nothing after the member) must still read ONE member with every byte,
+    plain and inside AES, over one and two streams."""
+    d = daemon_factory(name=f"uftpd COMPRESS_THREADS={threads}", COMPRESS_THREADS=threads,
+                       **dc.CODEC_CONFIG)
+    s = site_factory(daemon=d)
+    data = s.put("big.bin", payload(1_300_000))
+    for enc in ("plain", "AES128"):
+        stack = make_stack(enc, True)
+        c = s.control(**stack.request_fields())
+        for n in (1, 2):
+            _, got, r226 = dc.retr(c, "big.bin", n, stack)
+            assert r226.code == 226
+            assert got == data, f"{stack} over {n} streams with {threads} threads"
+

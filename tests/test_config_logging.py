@@ -42,7 +42,9 @@ def test_invalid_boolean_is_a_startup_error(daemon_factory, name, value):
 
 
 @pytest.mark.beyond_reference  # the reference dies with a bare int() traceback
-@pytest.mark.parametrize("name,value", [("MAX_STREAMS", "abc"), ("MAX_CONNECTIONS", "x1")])
+@pytest.mark.parametrize("name,value", [("MAX_STREAMS", "abc"), ("MAX_CONNECTIONS", "x1"),
+                                        ("GZIP_LEVEL", "10"), ("COMPRESS_THREADS", "0"),
+                                        ("COMPRESS_THREADS", "65")])
 def test_invalid_number_is_a_startup_error(daemon_factory, name, value):
     d = daemon_factory(check_ready=False, **{name: value})
     code = wait_exit(d)

@@ -540,3 +540,22 @@ def test_server_to_server_copy_carries_the_extensions(csite, daemon_factory, sit
     cid = start(c, verb, "a.bin", "b.bin", remote, plain)
     status = wait_done(c, cid)
     assert status.startswith("299 FAILED") and "COMPRESS zstd" in status, status
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd command-line tool not installed")
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_compress_threads_still_make_one_zstd_frame(daemon_factory, site_factory, threads):
+    """COMPRESS_THREADS > 1 runs zstd's multi-threaded mode: several jobs of
+    one stream compressed in parallel, still exactly one frame that the
+    zstd tool reads (5 MB: more than one job at level 1)."""
+    d = daemon_factory(name=f"uftpd COMPRESS_THREADS={threads}", COMPRESS_THREADS=threads,
+                       **dc.CODEC_CONFIG)
+    s = site_factory(daemon=d)
+    data = s.put("big.bin", payload(5_000_000))
+    for name in ("zstd", "chacha-zstd"):
+        stack = ExtStack(**STACKS[name])
+        c = s.control(**stack.request_fields())
+        for n in (1, 2):
+            _, got, r226 = dc.retr(c, "big.bin", n, stack)
+            assert r226.code == 226
+            assert got == data, f"{stack} over {n} streams with {threads} threads"
