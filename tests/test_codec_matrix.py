@@ -406,3 +406,44 @@ def test_compress_threads_still_make_one_gzip_member(daemon_factory, site_factor
             assert r226.code == 226
             assert got == data, f"{stack} over {n} streams with {threads} threads"
 
+
+
+# ---------------------------------------------------------------- a file that shrinks
+@pytest.mark.beyond_reference  # the reference sends what read() returns and ends normally
+@pytest.mark.parametrize("n", [1, 2])
+def test_file_truncated_during_encrypted_download(csite, n):
+    """Codecs read the file through a mapping; a file cut to nothing while
+    it is being sent (the client reads slowly) must fail the transfer with
+    an error reply, give the client no complete-looking stream, and leave
+    the session (and the daemon) serving."""
+    import time
+    size = 48 << 20
+    data = csite.put("shrinking.bin", os.urandom(size))
+    stack = make_stack("AES128", False)
+    c = csite.control(**stack.request_fields())
+    socks = dc.open_channel(c, n)
+    try:
+        r150 = c.cmd("RETR shrinking.bin")
+        assert r150.code == 150, r150
+        first = [s.recv(65536) for s in socks]  # sending has started
+        assert all(first)
+        time.sleep(0.3)  # the server's socket buffers are full now
+        with open(csite.path("shrinking.bin"), "r+b") as f:
+            f.truncate(0)
+        wires = [a + b for a, b in zip(first, dc.read_all_concurrently(socks))]
+    finally:
+        dc.close_all(socks)
+    final = c.read_reply()
+    assert final.code >= 400, f"a file cut during the transfer answered {final}"
+    with pytest.raises(dc.CodecError):
+        got = stack.decode_channel(wires)
+        # decoding "succeeded": it must at least not be the whole file
+        assert got != data
+        raise dc.CodecError("decoded a short or altered stream")
+    assert sum(map(len, wires)) < size
+    r = c.cmd("NOOP")
+    assert r.code == 200, r
+    # the next transfer of the session works
+    csite.put("ok.bin", b"still serving\n")
+    _, again, r226 = dc.retr(c, "ok.bin", n, stack)
+    assert again == b"still serving\n" and r226.code == 226

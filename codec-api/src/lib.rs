@@ -318,6 +318,13 @@ impl CodecParams {
 /// Dropping an `EncodeWriter` without `finish` writes no trailer: the peer
 /// sees a truncated stream, which is the right outcome for an aborted
 /// transfer.
+///
+/// The bytes given to `write` may be a view of a memory-mapped file that
+/// another process can change while the call runs (the data channel maps
+/// files for downloads, like `sendfile`): read each input byte once, or
+/// copy the input before looking at it twice (for example before
+/// computing a checksum and then encrypting), so that the output is
+/// always consistent with itself.
 pub trait EncodeWriter: Write + Send {
     /// Writes the trailer, flushes, and finishes the inner writer.
     fn finish(self: Box<Self>) -> io::Result<()>;

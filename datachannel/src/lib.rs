@@ -67,6 +67,7 @@ mod mapped;
 pub mod pipe;
 mod reader;
 mod shared;
+mod sigbus;
 mod stack;
 pub mod stream;
 mod writer;

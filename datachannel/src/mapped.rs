@@ -4,22 +4,28 @@
 //! slices inside the mapping; the kernel copies page cache -> socket once
 //! (a read into a buffer and a write from it copy every byte twice).
 //!
-//! The mapping is NEVER read by this process, only by the kernel as the
-//! source of `writev`, and no Rust reference to it is ever made. That is
-//! what makes a file that shrinks under us harmless: a page beyond the new
-//! end makes `writev` fail with `EFAULT` (a fault inside a system call is
-//! reported as an error), where a read from user space would raise SIGBUS.
+//! For plain frames the mapping is NEVER read by this process, only by the
+//! kernel as the source of `writev`, and no Rust reference to it is ever
+//! made. That is what makes a file that shrinks under us harmless: a page
+//! beyond the new end makes `writev` fail with `EFAULT` (a fault inside a
+//! system call is reported as an error), where a read from user space
+//! would raise SIGBUS. Codecs have to read their input: they get guarded
+//! mappings (`map_guarded`, see the `sigbus` module), where such a read
+//! returns zeros and marks the mapping damaged, which fails the transfer.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr;
 
 use crate::frame::{FramePart, HEADER_LEN, plan_frames};
+use crate::sigbus::Guard;
 
 /// A read-only shared mapping of part of a file.
 pub(crate) struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
+    /// Set for mappings that this process reads (see `map_guarded`).
+    guard: Option<Guard>,
 }
 
 // SAFETY: the mapping is only an address range handed to the kernel
@@ -31,6 +37,9 @@ unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Unregister first: once unmapped, the addresses may be reused by
+        // another mapping, whose faults are none of the guard's business.
+        drop(self.guard.take());
         // SAFETY: `ptr`/`len` are a mapping made by `map` and not yet
         // unmapped; nothing refers into it any more (the last batch using
         // it is being dropped).
@@ -61,7 +70,54 @@ impl Mapping {
         }
         // SAFETY: advice on our own mapping; failure is harmless.
         unsafe { libc::madvise(ptr, len, libc::MADV_SEQUENTIAL) };
-        Ok(Mapping { ptr, len })
+        Ok(Mapping {
+            ptr,
+            len,
+            guard: None,
+        })
+    }
+
+    /// Like [`map`](Self::map), for a mapping that this process reads
+    /// (a codec's input): registered with the SIGBUS guard, so that a file
+    /// that shrinks meanwhile reads as zeros and [`damaged`](Self::damaged)
+    /// turns true instead of the process being killed. Fails where the
+    /// guard is not available (the caller then reads the file instead).
+    pub(crate) fn map_guarded(
+        file: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<Mapping> {
+        let mut m = Mapping::map(file, offset, len)?;
+        match Guard::register(m.ptr as usize, len) {
+            Some(g) => {
+                m.guard = Some(g);
+                Ok(m)
+            }
+            None => Err(io::Error::other("no SIGBUS guard for the mapping")),
+        }
+    }
+
+    /// Bytes `[off, off + len)` of a guarded mapping (`None` for a mapping
+    /// that is not guarded, or a range outside it).
+    pub(crate) fn guarded_slice(&self, off: usize, len: usize) -> Option<&[u8]> {
+        self.guard.as_ref()?;
+        if off.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: the range lies inside a live read-only mapping (checked
+        // above) that lives as long as `&self`. Reading it cannot fault
+        // fatally: the mapping is guarded, a page past the end of a file
+        // that shrank is replaced by zeros (see `sigbus`). Another process
+        // writing the file may change the bytes while they are borrowed;
+        // `u8` has no invalid values, and the codecs read each byte as
+        // plain data (the same contract as sendfile: what the page cache
+        // holds when it is read is sent).
+        Some(unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>().add(off), len) })
+    }
+
+    /// Whether a guarded mapping lost pages to a shrinking file.
+    pub(crate) fn damaged(&self) -> bool {
+        self.guard.as_ref().is_some_and(Guard::hit)
     }
 
     /// Length of the mapping.

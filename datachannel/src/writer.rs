@@ -103,8 +103,11 @@ struct Piped {
     /// Framing block size (framed); equal to `batch_size` otherwise.
     block_size: usize,
     framed: bool,
-    /// Plain multi-stream over descriptors: `send_file` may map files.
+    /// `send_file` may map files: plain multi-stream over descriptors, or
+    /// codecs with guarded mappings.
     mappable: bool,
+    /// Codecs read the mapped file (guarded mappings).
+    guarded_map: bool,
     /// Sequence number of the next block.
     seq: u32,
 }
@@ -161,7 +164,9 @@ impl DataWriter {
         } else {
             None
         };
-        let mappable = fds.is_some();
+        // Codecs read mapped files only where a SIGBUS guard is in place.
+        let guarded_map = !stack.is_plain() && crate::sigbus::install();
+        let mappable = fds.is_some() || guarded_map;
         let mut stacks = Vec::with_capacity(n);
         for (i, s) in streams.into_iter().enumerate() {
             let bottom: Box<dyn EncodeWriter> = if stack.is_plain() {
@@ -220,6 +225,7 @@ impl DataWriter {
                 block_size,
                 framed: n > 1,
                 mappable,
+                guarded_map,
                 seq: 0,
             }),
         })
@@ -239,22 +245,26 @@ impl DataWriter {
 
     /// Sends up to `len` bytes of `file` from its current position (and
     /// moves the position past them), like [`copy_from`](Self::copy_from)
-    /// over the file, but on a plain multi-stream channel without copying
-    /// the file into user memory: the file is mapped in windows of a few
-    /// batches, and each stream worker hands the kernel its frames with
-    /// `writev` vectors pointing into the mapping (one copy, page cache to
-    /// socket, instead of two). The bytes on the wire are the same.
+    /// over the file, but without reading the file into a buffer first:
+    /// the file is mapped in windows of a few batches. On a plain
+    /// multi-stream channel each stream worker hands the kernel its frames
+    /// with `writev` vectors pointing into the mapping (one copy, page
+    /// cache to socket, instead of two); with codecs, each worker's codecs
+    /// read their input straight from the mapping (no copy before the
+    /// cipher or compressor). The bytes on the wire are the same.
     ///
     /// Returns `Ok(None)`, having sent nothing of the file, where this
-    /// does not apply (codecs, one stream, a stream without a descriptor,
-    /// not a regular file, a file that cannot be mapped): use `copy_from`.
-    /// Otherwise the bytes sent, fewer than `len` if the file is shorter.
+    /// does not apply (one plain stream, a plain stream without a
+    /// descriptor, no SIGBUS guard for codecs, not a regular file, a file
+    /// that cannot be mapped): use `copy_from`. Otherwise the bytes sent,
+    /// fewer than `len` if the file is shorter.
     ///
-    /// The mapping is never read by this process (only by the kernel), so
-    /// a file truncated meanwhile fails the transfer with an error instead
-    /// of a SIGBUS. Like `sendfile`, a file changed meanwhile sends what
-    /// the page cache holds when the kernel copies it. The descriptor is
-    /// not used after this returns (the mappings are).
+    /// A file truncated meanwhile fails the transfer with an error, never
+    /// a SIGBUS: plain mappings are only read by the kernel (EFAULT), and
+    /// the mappings codecs read are guarded (module `sigbus`). Like
+    /// `sendfile`, a file changed meanwhile sends what the page cache holds
+    /// when it is read. The descriptor is not used after this returns (the
+    /// mappings are).
     pub fn send_file(
         &mut self,
         file: BorrowedFd<'_>,
@@ -487,7 +497,12 @@ impl Piped {
             let take = (end - at).min(window);
             let map_len = usize::try_from(at - base + take)
                 .map_err(|_| File(io::Error::other("mapping too large")))?;
-            let map = match Mapping::map(file, base, map_len) {
+            let mapped = if self.guarded_map {
+                Mapping::map_guarded(file, base, map_len)
+            } else {
+                Mapping::map(file, base, map_len)
+            };
+            let map = match mapped {
                 Ok(m) => Arc::new(m),
                 // Nothing of the file sent yet: the caller reads instead.
                 Err(_) if at == pos => return Ok(None),
@@ -575,6 +590,41 @@ fn write_frames(
     write_all_vectored(w, &mut slices, "a frame")
 }
 
+/// Writes stream `i`'s part of a mapped batch through its codecs, which
+/// read the guarded mapping (framed: headers from `parts`, payloads from
+/// the mapping). A file that shrank under the mapping fails the stream.
+fn write_mapped_codec(
+    w: &mut dyn Write,
+    i: usize,
+    n: usize,
+    b: &MappedBatch,
+    parts: &mut Vec<FramePart>,
+) -> io::Result<()> {
+    let data = b
+        .map
+        .guarded_slice(b.off, b.len)
+        .ok_or_else(|| io::Error::other("mapped data for a codec without a guarded mapping"))?;
+    if n > 1 {
+        plan_frames(parts, i, n, b.seq, b.len, b.block);
+        let mut slices = Vec::with_capacity(2 * parts.len());
+        for p in parts.iter() {
+            slices.push(IoSlice::new(&p.header));
+            if p.len > 0 {
+                slices.push(IoSlice::new(&data[p.off..p.off + p.len]));
+            }
+        }
+        write_all_vectored(w, &mut slices, "a frame")?;
+    } else {
+        w.write_all(data)?;
+    }
+    if b.map.damaged() {
+        return Err(io::Error::other(
+            "the file shrank while it was being sent (a mapped page vanished)",
+        ));
+    }
+    Ok(())
+}
+
 /// Worker of stream `i` of `n`: owns that stream's codec stack and socket.
 fn worker(
     i: usize,
@@ -620,14 +670,13 @@ fn worker(
                     dirty = true;
                 }
                 Msg::Mapped(b) => {
-                    // Plain stack: `enc` is the socket itself and holds
-                    // nothing back, so writing its descriptor keeps order.
-                    let Some(fd) = fd else {
-                        return Err(io::Error::other(
-                            "mapped data for a stream without a descriptor",
-                        ));
-                    };
-                    mapped::write_mapped(fd, i, n, &b, &mut parts)?;
+                    match fd {
+                        // Plain stack: `enc` is the socket itself and holds
+                        // nothing back, so writing its descriptor keeps order.
+                        Some(fd) => mapped::write_mapped(fd, i, n, &b, &mut parts)?,
+                        // Codecs: they read the (guarded) mapping.
+                        None => write_mapped_codec(&mut **enc, i, n, &b, &mut parts)?,
+                    }
                     dirty = true;
                 }
                 Msg::Flush => {
