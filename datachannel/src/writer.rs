@@ -619,7 +619,7 @@ fn write_mapped_codec(
     }
     if b.map.damaged() {
         return Err(io::Error::other(
-            "the file shrank while it was being sent (a mapped page vanished)",
+            "the file shrank, or part of it could not be read, while it was being sent",
         ));
     }
     Ok(())
