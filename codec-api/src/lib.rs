@@ -301,6 +301,30 @@ impl CodecParams {
             }),
         }
     }
+
+    /// The `threads` option of a codec that compresses ONE stream with
+    /// several threads: 1..=64, default [`default_threads`].
+    ///
+    /// ```
+    /// use codec_api::CodecParams;
+    /// let p = CodecParams::new().with_option("threads", "8");
+    /// assert_eq!(p.threads_option("gzip").unwrap(), 8);
+    /// assert!(CodecParams::new().with_option("threads", "0").threads_option("gzip").is_err());
+    /// ```
+    pub fn threads_option(&self, codec: &'static str) -> Result<usize, CodecError> {
+        self.int_option(codec, "threads", 1..=64, default_threads())
+    }
+}
+
+/// Most threads a codec uses for one stream by default.
+pub const MAX_DEFAULT_THREADS: usize = 4;
+
+/// The default of the `threads` option ([`CodecParams::threads_option`]):
+/// the cores this process may use, at most [`MAX_DEFAULT_THREADS`].
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_DEFAULT_THREADS)
 }
 
 /// The encoding side of a codec: a writer that transforms what is written
@@ -595,6 +619,31 @@ pub fn read_full<R: std::io::Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::i
         }
     }
     Ok(got)
+}
+
+/// Encodes all of `data` with `codec` into a new buffer and ends the
+/// stream; with `flush_every`, flushes after each such many bytes (what a
+/// sender that flushes between messages produces). For tools and tests
+/// that encode a whole buffer.
+pub fn encode_all(
+    codec: &dyn StreamCodec,
+    params: &CodecParams,
+    data: &[u8],
+    flush_every: Option<usize>,
+) -> io::Result<Vec<u8>> {
+    let mut wire = Vec::new();
+    let mut enc = codec.encoder(params, Box::new(PlainSink::new(&mut wire)))?;
+    match flush_every {
+        None => enc.write_all(data)?,
+        Some(n) => {
+            for c in data.chunks(n.max(1)) {
+                enc.write_all(c)?;
+                enc.flush()?;
+            }
+        }
+    }
+    enc.finish()?;
+    Ok(wire)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@
 //! Options: `level` = 0..=9 (zlib compression level), default
 //! [`DEFAULT_LEVEL`] (6, as Java's and Python's defaults); `threads` =
 //! 1..=64, how many threads compress ONE stream (default
-//! [`default_threads`]: the machine's cores, at most 4). With more than one
+//! [`codec_api::default_threads`]: the machine's cores, at most 4). With more than one
 //! the member is cut into 256 KiB pieces compressed in parallel, each primed
 //! with the 32 KiB before it and ended by a sync flush (the technique of
 //! pigz, see `src/parallel.rs`); the wire format is the same single member,
@@ -96,20 +96,10 @@ pub fn level(params: &CodecParams) -> Result<u32, CodecError> {
     params.int_option(NAME, "level", 0..=9, DEFAULT_LEVEL)
 }
 
-/// Most threads one stream uses by default.
-pub const MAX_DEFAULT_THREADS: usize = 4;
-
-/// The default of the `threads` option: the cores this process may use, at
-/// most [`MAX_DEFAULT_THREADS`].
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_DEFAULT_THREADS)
-}
-
-/// Reads the `threads` option (1..=64, default [`default_threads`]).
+/// Reads the `threads` option (1..=64, default
+/// [`codec_api::default_threads`]).
 pub fn threads(params: &CodecParams) -> Result<usize, CodecError> {
-    params.int_option(NAME, "threads", 1..=64, default_threads())
+    params.threads_option(NAME)
 }
 
 impl StreamCodec for Gzip {
@@ -240,14 +230,8 @@ mod tests {
     use codec_api::PlainSink;
 
     fn encode(data: &[u8], level: &str) -> Vec<u8> {
-        let mut wire = Vec::new();
         let p = CodecParams::new().with_option("level", level);
-        let mut enc = Gzip
-            .encoder(&p, Box::new(PlainSink::new(&mut wire)))
-            .expect("encoder");
-        enc.write_all(data).expect("write");
-        enc.finish().expect("finish");
-        wire
+        codec_api::encode_all(&Gzip, &p, data, None).expect("encode")
     }
 
     fn decode(wire: &[u8]) -> io::Result<Vec<u8>> {
@@ -353,24 +337,10 @@ mod tests {
     }
 
     fn encode_with(data: &[u8], level: &str, threads: &str, flush_every: Option<usize>) -> Vec<u8> {
-        let mut wire = Vec::new();
         let p = CodecParams::new()
             .with_option("level", level)
             .with_option("threads", threads);
-        let mut enc = Gzip
-            .encoder(&p, Box::new(PlainSink::new(&mut wire)))
-            .expect("encoder");
-        match flush_every {
-            None => enc.write_all(data).expect("write"),
-            Some(n) => {
-                for c in data.chunks(n) {
-                    enc.write_all(c).expect("write");
-                    enc.flush().expect("flush");
-                }
-            }
-        }
-        enc.finish().expect("finish");
-        wire
+        codec_api::encode_all(&Gzip, &p, data, flush_every).expect("encode")
     }
 
     /// Text-like data with repeats far apart (matches across piece cuts)
@@ -482,7 +452,8 @@ mod tests {
     #[test]
     fn threads_option() {
         assert!(
-            (1..=MAX_DEFAULT_THREADS).contains(&threads(&CodecParams::new()).expect("default"))
+            (1..=codec_api::MAX_DEFAULT_THREADS)
+                .contains(&threads(&CodecParams::new()).expect("default"))
         );
         let p = CodecParams::new().with_option("threads", "8");
         assert_eq!(threads(&p).expect("8"), 8);

@@ -25,8 +25,8 @@
 //! Options: `level` = [`MIN_LEVEL`]..=[`MAX_LEVEL`] (negative levels are
 //! zstd's fast modes), default [`DEFAULT_LEVEL`] (1); `threads` = 1..=64,
 //! how many threads compress ONE stream (zstd's own multi-threaded mode,
-//! still one frame; default [`default_threads`]: the machine's cores, at
-//! most 4). With one thread the caller compresses.
+//! still one frame; default [`codec_api::default_threads`]: the machine's
+//! cores, at most 4). With one thread the caller compresses.
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -102,20 +102,13 @@ pub static DESCRIPTOR: CodecDescriptor = descriptor();
 
 inventory::submit!(descriptor());
 
-/// Most threads one stream uses by default.
-pub const MAX_DEFAULT_THREADS: usize = 4;
-
-/// The default of the `threads` option: the cores this process may use, at
-/// most [`MAX_DEFAULT_THREADS`].
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_DEFAULT_THREADS)
-}
-
-/// Reads the `threads` option (1..=64, default [`default_threads`]).
+/// Reads the `threads` option (1..=64, default
+/// [`codec_api::default_threads`]).
 pub fn threads(params: &CodecParams) -> Result<u32, CodecError> {
-    params.int_option(NAME, "threads", 1..=64, default_threads() as u32)
+    // at most 64: the conversion cannot fail
+    params
+        .threads_option(NAME)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// Reads the `level` option ([`MIN_LEVEL`]..=[`MAX_LEVEL`], default
@@ -325,14 +318,8 @@ mod tests {
     use codec_api::PlainSink;
 
     fn encode(data: &[u8], level: &str) -> Vec<u8> {
-        let mut wire = Vec::new();
         let p = CodecParams::new().with_option("level", level);
-        let mut enc = Zstd
-            .encoder(&p, Box::new(PlainSink::new(&mut wire)))
-            .expect("encoder");
-        enc.write_all(data).expect("write");
-        enc.finish().expect("finish");
-        wire
+        codec_api::encode_all(&Zstd, &p, data, None).expect("encode")
     }
 
     fn decode(wire: &[u8]) -> io::Result<Vec<u8>> {
@@ -350,22 +337,8 @@ mod tests {
     }
 
     fn encode_threads(data: &[u8], threads: &str, flush_every: Option<usize>) -> Vec<u8> {
-        let mut wire = Vec::new();
         let p = CodecParams::new().with_option("threads", threads);
-        let mut enc = Zstd
-            .encoder(&p, Box::new(PlainSink::new(&mut wire)))
-            .expect("encoder");
-        match flush_every {
-            None => enc.write_all(data).expect("write"),
-            Some(n) => {
-                for c in data.chunks(n) {
-                    enc.write_all(c).expect("write");
-                    enc.flush().expect("flush");
-                }
-            }
-        }
-        enc.finish().expect("finish");
-        wire
+        codec_api::encode_all(&Zstd, &p, data, flush_every).expect("encode")
     }
 
     #[test]
@@ -388,7 +361,7 @@ mod tests {
     #[test]
     fn threads_option() {
         assert!(
-            (1..=MAX_DEFAULT_THREADS as u32)
+            (1..=codec_api::MAX_DEFAULT_THREADS as u32)
                 .contains(&threads(&CodecParams::new()).expect("default"))
         );
         for bad in ["0", "65", "x"] {
