@@ -204,7 +204,7 @@ pub fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
 fn parse_num<T: std::str::FromStr>(
     name: &'static str,
     v: &str,
-    min: u64,
+    range: impl std::ops::RangeBounds<u64>,
     what: &str,
 ) -> Result<T, ConfigError> {
     let invalid = || ConfigError::Invalid {
@@ -213,7 +213,7 @@ fn parse_num<T: std::str::FromStr>(
         reason: what.to_string(),
     };
     let n: u64 = v.trim().parse().map_err(|_| invalid())?;
-    if n < min {
+    if !range.contains(&n) {
         return Err(invalid());
     }
     v.trim().parse::<T>().map_err(|_| invalid())
@@ -357,7 +357,7 @@ impl Config {
         };
         let port = |n: &'static str, default: u16| -> Result<u16, ConfigError> {
             match get(n) {
-                Some(v) => parse_num(n, v, 1, "expected a port number 1-65535"),
+                Some(v) => parse_num(n, v, 1..=65535, "expected a port number 1-65535"),
                 None => Ok(default),
             }
         };
@@ -392,11 +392,11 @@ impl Config {
                 .map(PathBuf::from),
             acl: PathBuf::from(get("ACL").unwrap_or("conf/uftpd.acl")),
             max_connections: match get("MAX_CONNECTIONS") {
-                Some(v) => parse_num("MAX_CONNECTIONS", v, 1, "expected a number >= 1")?,
+                Some(v) => parse_num("MAX_CONNECTIONS", v, 1.., "expected a number >= 1")?,
                 None => 16,
             },
             max_streams: match get("MAX_STREAMS") {
-                Some(v) => parse_num("MAX_STREAMS", v, 1, "expected a number >= 1")?,
+                Some(v) => parse_num("MAX_STREAMS", v, 1.., "expected a number >= 1")?,
                 None => 4,
             },
             port_range: match get("PORT_RANGE").map(str::trim).filter(|s| !s.is_empty()) {
@@ -418,35 +418,14 @@ impl Config {
                 .trim()
                 .to_string(),
             gzip_level: match get("GZIP_LEVEL") {
-                Some(v) => {
-                    let n: u32 = parse_num("GZIP_LEVEL", v, 0, "expected a level 0-9")?;
-                    if n > 9 {
-                        return Err(ConfigError::Invalid {
-                            name: "GZIP_LEVEL",
-                            value: v.to_string(),
-                            reason: "expected a level 0-9".into(),
-                        });
-                    }
-                    n
-                }
+                Some(v) => parse_num("GZIP_LEVEL", v, 0..=9, "expected a level 0-9")?,
                 None => DEFAULT_GZIP_LEVEL,
             },
-            compress_threads: match get("COMPRESS_THREADS") {
-                Some(v) => {
-                    let n: u32 = parse_num("COMPRESS_THREADS", v, 1, "expected 1-64 threads")?;
-                    if n > 64 {
-                        return Err(ConfigError::Invalid {
-                            name: "COMPRESS_THREADS",
-                            value: v.to_string(),
-                            reason: "expected 1-64 threads".into(),
-                        });
-                    }
-                    Some(n)
-                }
-                None => None,
-            },
+            compress_threads: get("COMPRESS_THREADS")
+                .map(|v| parse_num("COMPRESS_THREADS", v, 1..=64, "expected 1-64 threads"))
+                .transpose()?,
             request_lifetime: Duration::from_secs(match get("REQUEST_LIFETIME") {
-                Some(v) => parse_num("REQUEST_LIFETIME", v, 1, "expected seconds >= 1")?,
+                Some(v) => parse_num("REQUEST_LIFETIME", v, 1.., "expected seconds >= 1")?,
                 None => 300,
             }),
             source: path.map(Path::to_path_buf),
