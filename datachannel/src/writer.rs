@@ -570,21 +570,23 @@ impl Piped {
     }
 }
 
-/// Writes stream `i`'s frames of every block of `b`: headers from `parts`
-/// (scratch space), payloads straight from the batch buffer.
+/// Writes stream `i`'s frames of every block of `data`, blocks of `block`
+/// bytes numbered from `seq`: headers from `parts` (scratch space),
+/// payloads straight from `data` (a batch buffer or a mapping).
 fn write_frames(
     w: &mut dyn Write,
     i: usize,
     n: usize,
-    b: &Batch,
+    (seq, block): (u32, usize),
+    data: &[u8],
     parts: &mut Vec<FramePart>,
 ) -> io::Result<()> {
-    plan_frames(parts, i, n, b.seq, b.len, b.block);
+    plan_frames(parts, i, n, seq, data.len(), block);
     let mut slices = Vec::with_capacity(2 * parts.len());
     for p in parts.iter() {
         slices.push(IoSlice::new(&p.header));
         if p.len > 0 {
-            slices.push(IoSlice::new(&b.buf[p.off..p.off + p.len]));
+            slices.push(IoSlice::new(&data[p.off..p.off + p.len]));
         }
     }
     write_all_vectored(w, &mut slices, "a frame")
@@ -605,15 +607,7 @@ fn write_mapped_codec(
         .guarded_slice(b.off, b.len)
         .ok_or_else(|| io::Error::other("mapped data for a codec without a guarded mapping"))?;
     if n > 1 {
-        plan_frames(parts, i, n, b.seq, b.len, b.block);
-        let mut slices = Vec::with_capacity(2 * parts.len());
-        for p in parts.iter() {
-            slices.push(IoSlice::new(&p.header));
-            if p.len > 0 {
-                slices.push(IoSlice::new(&data[p.off..p.off + p.len]));
-            }
-        }
-        write_all_vectored(w, &mut slices, "a frame")?;
+        write_frames(w, i, n, (b.seq, b.block), data, parts)?;
     } else {
         w.write_all(data)?;
     }
@@ -663,7 +657,14 @@ fn worker(
             match msg {
                 Msg::Batch(b) => {
                     if framed {
-                        write_frames(&mut **enc, i, n, &b, &mut parts)?;
+                        write_frames(
+                            &mut **enc,
+                            i,
+                            n,
+                            (b.seq, b.block),
+                            &b.buf[..b.len],
+                            &mut parts,
+                        )?;
                     } else {
                         enc.write_all(&b.buf[..b.len])?;
                     }

@@ -21,6 +21,17 @@ fn scratch(name: &str) -> PathBuf {
     d.join(name)
 }
 
+/// Truncates the file at `path` to zero bytes (another process's doing,
+/// as far as the sender can tell).
+fn cut_to_nothing(path: &PathBuf) {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for truncation")
+        .set_len(0)
+        .expect("truncate");
+}
+
 /// Sends `len` bytes of `path` from `offset` over `n` file sinks.
 fn send(
     path: &PathBuf,
@@ -155,12 +166,7 @@ fn truncated_while_sending_is_an_error() {
     let sent = w.send_file(f.as_fd(), d.len() as u64).expect("send_file");
     assert_eq!(sent, Some(d.len() as u64));
     // the workers are blocked on full sockets: cut the file now
-    OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open for truncation")
-        .set_len(0)
-        .expect("truncate");
+    cut_to_nothing(&path);
     let readers: Vec<_> = theirs
         .into_iter()
         .map(|mut s| {
@@ -267,12 +273,7 @@ fn codec_reading_a_truncated_file_is_an_error() {
             let path = path.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(std::time::Duration::from_millis(100));
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .expect("open for truncation")
-                    .set_len(0)
-                    .expect("truncate");
+                cut_to_nothing(&path);
             })
         };
         let sent = w.send_file(f.as_fd(), d.len() as u64);
