@@ -124,7 +124,10 @@ pub use inventory;
 
 /// Version of this API that plugins are built against. A descriptor whose
 /// `api_version` differs is refused by [`lookup`].
-pub const API_VERSION: u32 = 1;
+///
+/// 2: [`EncodeWriter::write_owned`] (a new trait method changes the layout
+/// of `dyn EncodeWriter`, so plugins built for 1 cannot be loaded).
+pub const API_VERSION: u32 = 2;
 
 /// Where a codec sits in a stack.
 ///
@@ -349,9 +352,37 @@ pub fn default_threads() -> usize {
 /// copy the input before looking at it twice (for example before
 /// computing a checksum and then encrypting), so that the output is
 /// always consistent with itself.
+///
+/// A codec that builds its output in a buffer of its own (a cipher, a
+/// record sealer) should hand that buffer down with
+/// [`write_owned`](EncodeWriter::write_owned) rather than `write`: under a
+/// socket thread the buffer is then sent while the codec fills the next
+/// one, without a copy.
 pub trait EncodeWriter: Write + Send {
     /// Writes the trailer, flushes, and finishes the inner writer.
     fn finish(self: Box<Self>) -> io::Result<()>;
+
+    /// Writes `buf[..len]` like `write_all`, taking the buffer itself, and
+    /// returns a buffer of the same length (contents unspecified) for the
+    /// caller to fill next.
+    ///
+    /// For codecs that produce their output in a buffer of their own (a
+    /// cipher, a record sealer): a sink that writes the socket on another
+    /// thread takes the buffer over and hands back one it has finished
+    /// writing, so the codec works on the next buffer while the previous
+    /// one is being sent, and no byte is copied in between. The default
+    /// writes the bytes and returns `buf` itself. `len` larger than
+    /// `buf.len()` is an `InvalidInput` error.
+    fn write_owned(&mut self, buf: Vec<u8>, len: usize) -> io::Result<Vec<u8>> {
+        let bytes = buf.get(..len).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "write_owned: len beyond the buffer",
+            )
+        })?;
+        self.write_all(bytes)?;
+        Ok(buf)
+    }
 }
 
 /// The bottom of a stack: any writer, with `finish` = `flush`.

@@ -64,6 +64,7 @@
 pub mod frame;
 pub mod kept;
 mod mapped;
+mod offload;
 pub mod pipe;
 mod reader;
 mod shared;
@@ -94,6 +95,12 @@ pub struct ChannelOptions {
     pub queue_depth: usize,
     /// Buffer size of a plain single-stream reader. Default 64 KiB.
     pub single_stream_buffer: usize,
+    /// Whether a sending stream with codecs writes its socket on a thread
+    /// of its own, so that its codecs work on the next buffer while the
+    /// previous one is being sent (buffers change hands, no copy). `None`
+    /// (the default): when there are fewer streams than cores, where the
+    /// stream workers alone would leave cores idle. Plain streams never do.
+    pub socket_threads: Option<bool>,
 }
 
 impl Default for ChannelOptions {
@@ -103,6 +110,7 @@ impl Default for ChannelOptions {
             batch_size: 1 << 20,
             queue_depth: 4,
             single_stream_buffer: 64 * 1024,
+            socket_threads: None,
         }
     }
 }

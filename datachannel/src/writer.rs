@@ -19,6 +19,7 @@ use codec_api::EncodeWriter;
 
 use crate::frame::{FramePart, plan_frames};
 use crate::mapped::{self, MappedBatch, Mapping};
+use crate::offload::OffloadSink;
 use crate::shared::{Shared, write_all_vectored};
 use crate::stack::{CodecStack, SinkAdapter};
 use crate::stream::SinkStream;
@@ -167,18 +168,30 @@ impl DataWriter {
         // Codecs read mapped files only where a SIGBUS guard is in place.
         let guarded_map = !stack.is_plain() && crate::sigbus::install();
         let mappable = fds.is_some() || guarded_map;
+        let offload = !stack.is_plain() && options.socket_threads.unwrap_or(n < cores());
         let mut stacks = Vec::with_capacity(n);
         for (i, s) in streams.into_iter().enumerate() {
             let bottom: Box<dyn EncodeWriter> = if stack.is_plain() {
                 // Plain frames go out with one vectored write per batch.
                 Box::new(SinkAdapter(s))
+            } else if offload {
+                // Fewer streams than cores: the socket is written on a
+                // thread of its own, so that the codecs work on the next
+                // buffer meanwhile (buffers change hands, see `offload`).
+                let adapter = Box::new(SinkAdapter(s));
+                let name = format!("uftp-dc-s{i}");
+                match OffloadSink::spawn(adapter, name) {
+                    Ok(o) => Box::new(o),
+                    Err(e) => {
+                        shared.abort_all();
+                        return Err(ChannelError::Io(e));
+                    }
+                }
             } else {
-                // The codecs' worker writes the socket itself: a hand-off
-                // to a socket thread would cost a copy of every byte and
-                // as much CPU as the socket write it moves. Codecs may
-                // write small pieces (a compressor): collect them; writes
-                // of at least the capacity (a cipher's output buffer)
-                // pass straight through.
+                // As many streams as cores: each worker writes its socket
+                // itself. Codecs may write small pieces (a compressor):
+                // collect them; writes of at least the capacity (a
+                // cipher's output buffer) pass straight through.
                 Box::new(BufferedSink(io::BufWriter::with_capacity(
                     CODEC_SINK_BUFFER,
                     SinkAdapter(s),
@@ -321,6 +334,11 @@ fn copy_direct(src: &mut dyn Read, w: &mut dyn Write, size: usize) -> io::Result
 
 /// Buffer under the codecs.
 const CODEC_SINK_BUFFER: usize = 64 * 1024;
+
+/// Cores this process may run on.
+fn cores() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 fn finished() -> io::Error {
     io::Error::other("data channel writer already finished")

@@ -35,28 +35,45 @@ fn tcp_pairs(n: usize) -> (Vec<TcpStream>, Vec<TcpStream>) {
     (a, b)
 }
 
+/// Sending options with the codec streams' socket threads on, off, and
+/// chosen by the core count (the default): each must give the same bytes.
+fn socket_thread_variants() -> [(Option<bool>, ChannelOptions); 3] {
+    [None, Some(true), Some(false)].map(|t| {
+        (
+            t,
+            ChannelOptions {
+                socket_threads: t,
+                ..ChannelOptions::default()
+            },
+        )
+    })
+}
+
 #[test]
 fn every_stack_over_loopback_tcp() {
     for (name, stack) in all_stacks() {
-        for n in [1usize, 2, 3, 4, 8] {
-            let d = data(300_000, n as u32);
-            let (ws, rs) = tcp_pairs(n);
-            let (st, dd) = (stack.clone(), d.clone());
-            let sender = std::thread::spawn(move || -> std::io::Result<()> {
-                let mut w = DataWriter::new(ws, &st, &ChannelOptions::default())?;
-                let mut src = &dd[..];
-                w.copy_from(&mut src)?;
-                w.finish()
-            });
-            let mut r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
-            let mut got = Vec::new();
-            r.read_to_end(&mut got)
-                .unwrap_or_else(|e| panic!("{name} n={n}: {e}"));
-            sender
-                .join()
-                .expect("join")
-                .unwrap_or_else(|e| panic!("{name} n={n} writer: {e}"));
-            assert!(got == d, "{name} n={n}: data differs");
+        for (threads, opts) in socket_thread_variants() {
+            for n in [1usize, 2, 3, 4, 8] {
+                let d = data(300_000, n as u32);
+                let (ws, rs) = tcp_pairs(n);
+                let (st, dd, o) = (stack.clone(), d.clone(), opts.clone());
+                let sender = std::thread::spawn(move || -> std::io::Result<()> {
+                    let mut w = DataWriter::new(ws, &st, &o)?;
+                    let mut src = &dd[..];
+                    w.copy_from(&mut src)?;
+                    w.finish()
+                });
+                let mut r =
+                    DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
+                let mut got = Vec::new();
+                r.read_to_end(&mut got)
+                    .unwrap_or_else(|e| panic!("{name} n={n} threads={threads:?}: {e}"));
+                sender
+                    .join()
+                    .expect("join")
+                    .unwrap_or_else(|e| panic!("{name} n={n} threads={threads:?} writer: {e}"));
+                assert!(got == d, "{name} n={n} threads={threads:?}: data differs");
+            }
         }
     }
 }
@@ -122,18 +139,65 @@ fn skewed_compression_does_not_deadlock() {
         d.extend_from_slice(&noise[k..k + 8192]);
         k = (k + 8192) % ((1 << 20) - 8192);
     }
-    let (ws, rs) = tcp_pairs(2);
-    let (st, dd) = (stack.clone(), d.clone());
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut w = DataWriter::new(ws, &st, &ChannelOptions::default())?;
-        w.write_all(&dd)?;
-        w.finish()
-    });
-    let mut r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
-    let mut got = Vec::new();
-    r.read_to_end(&mut got).expect("read");
-    sender.join().expect("join").expect("writer");
-    assert!(got == d);
+    for (threads, opts) in socket_thread_variants() {
+        let (ws, rs) = tcp_pairs(2);
+        let (st, dd) = (stack.clone(), d.clone());
+        let sender = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut w = DataWriter::new(ws, &st, &opts)?;
+            w.write_all(&dd)?;
+            w.finish()
+        });
+        let mut r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).expect("read");
+        sender.join().expect("join").expect("writer");
+        assert!(got == d, "threads={threads:?}: data differs");
+    }
+}
+
+/// ChaCha20-Poly1305 hands whole buffers of sealed records to the socket
+/// thread (`write_owned`); with a flush between two messages and at every
+/// stream count, with the socket threads on and off.
+#[test]
+fn sealed_records_with_and_without_socket_threads() {
+    use uftp_datachannel::{CodecParams, CodecStack};
+    use uftpd_chacha20poly1305 as _; // registers the codec
+    let make = || {
+        CodecStack::plain()
+            .with(
+                "CHACHA20-POLY1305",
+                CodecParams::new().with_key((1..=32).collect::<Vec<u8>>()),
+            )
+            .expect("chacha stack")
+    };
+    let (a, b) = (data(700_000, 3), data(65_536 * 3 + 5, 4));
+    for (threads, opts) in socket_thread_variants() {
+        for n in [1usize, 2, 3] {
+            let (ws, rs) = tcp_pairs(n);
+            let (st, aa, bb, o) = (make(), a.clone(), b.clone(), opts.clone());
+            let sender = std::thread::spawn(move || -> std::io::Result<()> {
+                let mut w = DataWriter::new(ws, &st, &o)?;
+                w.write_all(&aa)?;
+                w.flush()?;
+                w.write_all(&bb)?;
+                w.finish()
+            });
+            let mut r = DataReader::new(rs, &make(), &ChannelOptions::default()).expect("reader");
+            let mut got = Vec::new();
+            r.read_to_end(&mut got)
+                .unwrap_or_else(|e| panic!("n={n} threads={threads:?}: {e}"));
+            sender
+                .join()
+                .expect("join")
+                .unwrap_or_else(|e| panic!("n={n} threads={threads:?} writer: {e}"));
+            assert!(
+                got.len() == a.len() + b.len()
+                    && got[..a.len()] == a[..]
+                    && got[a.len()..] == b[..],
+                "n={n} threads={threads:?}: data differs"
+            );
+        }
+    }
 }
 
 #[test]
@@ -141,28 +205,39 @@ fn single_codec_stream_delivers_what_arrived_without_waiting_for_more() {
     // A request/response exchange over one gzip stream (what sync does over
     // a codec channel): the reader must hand out a flushed message while
     // the writer waits for the answer, however the reader batches its reads.
-    let stack = uftp_datachannel::CodecStack::legacy(None, None, true).expect("gzip");
-    let (ws, rs) = tcp_pairs(1);
-    let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
-    let (a, b) = (data(200_000, 1), data(50_000, 2));
-    let (st, aa, bb) = (stack.clone(), a.clone(), b.clone());
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut w = DataWriter::new(ws, &st, &ChannelOptions::default())?;
-        w.write_all(&aa)?;
-        w.flush()?;
-        ack_rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .map_err(|_| std::io::Error::other("the reader never got the first message"))?;
-        w.write_all(&bb)?;
-        w.finish()
-    });
-    let mut r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
-    let mut got = vec![0u8; a.len()];
-    r.read_exact(&mut got).expect("first message");
-    assert!(got == a, "first message differs");
-    ack_tx.send(()).expect("ack");
-    let mut rest = Vec::new();
-    r.read_to_end(&mut rest).expect("second message");
-    assert!(rest == b, "second message differs");
-    sender.join().expect("join").expect("writer");
+    // (A block cipher's reader holds back the last block until more
+    // arrives, to check the padding: no such exchange over AES alone.)
+    for stack in [uftp_datachannel::CodecStack::legacy(None, None, true).expect("gzip")] {
+        for (threads, opts) in socket_thread_variants() {
+            let what = format!("{} threads={threads:?}", stack.describe());
+            let (ws, rs) = tcp_pairs(1);
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel::<()>();
+            let (a, b) = (data(200_000, 1), data(50_000, 2));
+            let (st, aa, bb) = (stack.clone(), a.clone(), b.clone());
+            let sender = std::thread::spawn(move || -> std::io::Result<()> {
+                let mut w = DataWriter::new(ws, &st, &opts)?;
+                w.write_all(&aa)?;
+                w.flush()?;
+                ack_rx
+                    .recv_timeout(std::time::Duration::from_secs(20))
+                    .map_err(|_| std::io::Error::other("the reader never got the first message"))?;
+                w.write_all(&bb)?;
+                w.finish()
+            });
+            let mut r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
+            let mut got = vec![0u8; a.len()];
+            r.read_exact(&mut got)
+                .unwrap_or_else(|e| panic!("{what}: first message: {e}"));
+            assert!(got == a, "{what}: first message differs");
+            ack_tx.send(()).expect("ack");
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest)
+                .unwrap_or_else(|e| panic!("{what}: second message: {e}"));
+            assert!(rest == b, "{what}: second message differs");
+            sender
+                .join()
+                .expect("join")
+                .unwrap_or_else(|e| panic!("{what}: writer: {e}"));
+        }
+    }
 }

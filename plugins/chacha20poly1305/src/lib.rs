@@ -290,15 +290,11 @@ impl StreamCodec for ChaCha20Poly1305Codec {
         let mut header = [0u8; HEADER_LEN];
         header[0] = VERSION;
         header[1..].copy_from_slice(&salt);
-        Ok(Box::new(SealWriter {
-            aead: cipher_for(&stream_key)?,
+        Ok(Box::new(SealWriter::new(
+            cipher_for(&stream_key)?,
             inner,
-            header: Some(header),
-            rec: vec![0; 4 + MAX_RECORD + TAG_LEN],
-            fill: 0,
-            counter: 0,
-            broken: false,
-        }))
+            header,
+        )))
     }
 
     fn decoder<'a>(
@@ -331,40 +327,90 @@ fn broken() -> io::Error {
     ))
 }
 
-/// Encrypting writer: collects plaintext into a record buffer laid out as
-/// `word | plaintext | tag`, seals it in place when full (or on flush or
-/// finish) and writes it with one call. A write of a whole record's worth
-/// with nothing pending is sealed straight from the caller's buffer.
+/// Records sealed into one output buffer before it is handed on: a socket
+/// thread under the codec (see `EncodeWriter::write_owned`) then wakes once
+/// per 256 KiB, not once per record.
+const OUT_RECORDS: usize = 4;
+
+/// Room one record takes in the output buffer: `word | plaintext | tag`.
+const RECORD_SPACE: usize = 4 + MAX_RECORD + TAG_LEN;
+
+/// Encrypting writer. Its output buffer holds the stream header (until it
+/// is written) and the records sealed so far, followed by the record being
+/// filled, laid out as `word | plaintext | tag` and sealed in place when
+/// full (or on flush or finish). The buffer goes to the inner writer when
+/// it has no room for another record, on flush and on finish.
 struct SealWriter<'a> {
     aead: LessSafeKey,
     inner: Box<dyn EncodeWriter + 'a>,
-    /// The stream header, until it is written.
-    header: Option<[u8; HEADER_LEN]>,
-    rec: Vec<u8>,
-    /// Plaintext bytes pending in `rec[4..4 + fill]`.
+    out: Vec<u8>,
+    /// Bytes of `out` ready to be written (header and sealed records); the
+    /// record being filled starts here.
+    done: usize,
+    /// Plaintext bytes pending in `out[done + 4..done + 4 + fill]`.
     fill: usize,
     counter: u64,
     broken: bool,
 }
 
 impl SealWriter<'_> {
-    fn write_out(&mut self, len: usize) -> io::Result<()> {
-        let r = match self.header.take() {
-            Some(h) => self
-                .inner
-                .write_all(&h)
-                .and_then(|()| self.inner.write_all(&self.rec[..len])),
-            None => self.inner.write_all(&self.rec[..len]),
-        };
-        if r.is_err() {
-            self.broken = true;
+    fn new<'a>(
+        aead: LessSafeKey,
+        inner: Box<dyn EncodeWriter + 'a>,
+        header: [u8; HEADER_LEN],
+    ) -> SealWriter<'a> {
+        let mut out = vec![0; HEADER_LEN + OUT_RECORDS * RECORD_SPACE];
+        out[..HEADER_LEN].copy_from_slice(&header);
+        SealWriter {
+            aead,
+            inner,
+            out,
+            done: HEADER_LEN,
+            fill: 0,
+            counter: 0,
+            broken: false,
         }
-        r
+    }
+
+    /// Hands `out[..done]` to the inner writer, which gives back a buffer
+    /// to fill next. Only with no record being filled.
+    fn write_out(&mut self) -> io::Result<()> {
+        debug_assert_eq!(self.fill, 0);
+        if self.done == 0 {
+            return Ok(());
+        }
+        let size = self.out.len();
+        let len = std::mem::replace(&mut self.done, 0);
+        match self.inner.write_owned(std::mem::take(&mut self.out), len) {
+            Ok(mut out) => {
+                if out.len() < size {
+                    out.resize(size, 0);
+                }
+                self.out = out;
+                Ok(())
+            }
+            Err(e) => {
+                // Every later call fails before touching `out`.
+                self.broken = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes room for a whole record at `done` (with none being filled).
+    fn room(&mut self) -> io::Result<()> {
+        if self.out.len() - self.done < RECORD_SPACE {
+            self.write_out()?;
+        }
+        Ok(())
     }
 
     /// Seals one record: the pending plaintext (`input` = `None`) or
-    /// `input` (nothing pending), and writes it.
+    /// `input` (nothing pending).
     fn seal(&mut self, input: Option<&[u8]>, last: bool) -> io::Result<()> {
+        if self.fill == 0 {
+            self.room()?;
+        }
         let n = input.map_or(self.fill, <[u8]>::len);
         debug_assert!(n <= MAX_RECORD);
         let word = (n + TAG_LEN) as u32 | if last { FINAL_FLAG } else { 0 };
@@ -373,7 +419,7 @@ impl SealWriter<'_> {
             .counter
             .checked_add(1)
             .ok_or_else(|| io::Error::other(format!("{NAME}: record counter exhausted")))?;
-        let (head, body) = self.rec.split_at_mut(4);
+        let (head, body) = self.out[self.done..].split_at_mut(4);
         head.copy_from_slice(&word.to_be_bytes());
         let (msg, rest) = body.split_at_mut(n);
         if let Some(input) = input {
@@ -390,7 +436,9 @@ impl SealWriter<'_> {
         })?;
         rest[..TAG_LEN].copy_from_slice(tag.as_ref());
         self.fill = 0;
-        self.write_out(4 + n + TAG_LEN)
+        self.done += 4 + n + TAG_LEN;
+        // A full buffer goes out now, while the next one is being filled.
+        self.room()
     }
 }
 
@@ -407,8 +455,12 @@ impl Write for SealWriter<'_> {
                 rest = tail;
                 continue;
             }
+            if self.fill == 0 {
+                self.room()?;
+            }
             let take = (MAX_RECORD - self.fill).min(rest.len());
-            self.rec[4 + self.fill..4 + self.fill + take].copy_from_slice(&rest[..take]);
+            let at = self.done + 4 + self.fill;
+            self.out[at..at + take].copy_from_slice(&rest[..take]);
             self.fill += take;
             rest = &rest[take..];
             if self.fill == MAX_RECORD {
@@ -424,12 +476,8 @@ impl Write for SealWriter<'_> {
         }
         if self.fill > 0 {
             self.seal(None, false)?;
-        } else if let Some(h) = self.header.take()
-            && let Err(e) = self.inner.write_all(&h)
-        {
-            self.broken = true;
-            return Err(e);
         }
+        self.write_out()?;
         self.inner.flush()
     }
 }
@@ -440,6 +488,7 @@ impl EncodeWriter for SealWriter<'_> {
             return Err(broken());
         }
         self.seal(None, true)?;
+        self.write_out()?;
         self.inner.finish()
     }
 }

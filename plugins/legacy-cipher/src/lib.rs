@@ -301,14 +301,26 @@ impl<'a> CipherWriter<'a> {
         }
     }
 
+    /// Hands the output buffer to the inner writer, which gives back one
+    /// to fill next (the same one, or one a socket thread has finished
+    /// sending: see `EncodeWriter::write_owned`).
     fn drain(&mut self) -> io::Result<()> {
         if self.out_len > 0 {
-            let r = self.inner.write_all(&self.out[..self.out_len]);
-            self.out_len = 0;
-            if r.is_err() {
-                self.broken = true;
+            let out = std::mem::take(&mut self.out);
+            let len = std::mem::replace(&mut self.out_len, 0);
+            match self.inner.write_owned(out, len) {
+                Ok(mut out) => {
+                    if out.len() < OUT_CAP {
+                        out.resize(OUT_CAP, 0);
+                    }
+                    self.out = out;
+                }
+                Err(e) => {
+                    // Every later call fails before touching `out`.
+                    self.broken = true;
+                    return Err(e);
+                }
             }
-            r?;
         }
         Ok(())
     }
