@@ -602,6 +602,22 @@ impl Client {
         self.store("STOR", path, src, len, offset)
     }
 
+    /// Uploads the whole of `file` to `path` (ALLO with its size; `offset`
+    /// as for [`put`](Client::put)). With codecs or several streams the
+    /// file is mapped and the codecs read it in place
+    /// ([`DataWriter::send_file`]) instead of copying it into buffers
+    /// first; anything else reads it like `put`. Returns the bytes sent.
+    pub fn put_file(
+        &mut self,
+        path: &str,
+        file: &std::fs::File,
+        offset: Option<u64>,
+    ) -> Result<u64, ClientError> {
+        let len = file.metadata()?.len();
+        self.store_reply("STOR", path, Upload::File(file), Some(len), offset)
+            .map(|(n, _)| n)
+    }
+
     /// Appends `src` to `path`.
     pub fn append(&mut self, path: &str, src: &mut dyn Read) -> Result<u64, ClientError> {
         self.store("APPE", path, src, None, None)
@@ -618,7 +634,7 @@ impl Client {
         len: Option<u64>,
     ) -> Result<(u64, Reply), ClientError> {
         self.expect("TYPE ARCHIVE", 200)?;
-        let result = self.store_reply("STOR", dir, src, len, None);
+        let result = self.store_reply("STOR", dir, Upload::Read(src), len, None);
         self.expect("TYPE NORMAL", 200)?;
         result
     }
@@ -631,7 +647,7 @@ impl Client {
         len: Option<u64>,
         offset: Option<u64>,
     ) -> Result<u64, ClientError> {
-        self.store_reply(verb, path, src, len, offset)
+        self.store_reply(verb, path, Upload::Read(src), len, offset)
             .map(|(n, _)| n)
     }
 
@@ -639,7 +655,7 @@ impl Client {
         &mut self,
         verb: &str,
         path: &str,
-        src: &mut dyn Read,
+        src: Upload<'_>,
         len: Option<u64>,
         offset: Option<u64>,
     ) -> Result<(u64, Reply), ClientError> {
@@ -659,8 +675,11 @@ impl Client {
         self.expect(&format!("{verb} {path}"), 150)?;
         let mut w = DataWriter::new(conns, &self.stack, &self.channel)
             .map_err(|e| ClientError::Io(e.into()))?;
-        // Reads straight into the channel's buffers.
-        let total = w.copy_from(src)?;
+        let total = match src {
+            // Reads straight into the channel's buffers.
+            Upload::Read(r) => w.copy_from(r)?,
+            Upload::File(f) => send_whole_file(&mut w, f)?,
+        };
         w.finish()?;
         let done = self.read_reply()?;
         if done.code != 226 {
@@ -897,6 +916,26 @@ pub fn parse_epsv(text: &str) -> Option<u16> {
     let start = text.find("(|||")? + 4;
     let end = text[start..].find('|')? + start;
     text[start..end].parse().ok()
+}
+
+/// What an upload reads: any reader, or a file that may be mapped.
+enum Upload<'a> {
+    Read(&'a mut dyn Read),
+    File(&'a std::fs::File),
+}
+
+/// Sends `file` from its current position to its end: mapped where the
+/// channel can ([`DataWriter::send_file`]), read otherwise; anything
+/// appended to the file meanwhile is read after the mapped part.
+fn send_whole_file(w: &mut DataWriter, file: &std::fs::File) -> io::Result<u64> {
+    use std::os::fd::AsFd;
+    let mapped = match w.send_file(file.as_fd(), u64::MAX) {
+        Ok(n) => n.unwrap_or(0),
+        Err(uftp_datachannel::SendFileError::Channel(e)) => return Err(e),
+        // The file could not be mapped after part of it was sent.
+        Err(e) => return Err(io::Error::other(format!("reading the local {e}"))),
+    };
+    Ok(mapped + w.copy_from(&mut &*file)?)
 }
 
 #[cfg(test)]

@@ -85,9 +85,8 @@ fn main() -> ExitCode {
                 }
             }
             ("put", Some(local), Some(remote)) => {
-                let mut f = File::open(local)?;
-                let len = f.metadata()?.len();
-                c.put(remote, &mut f, Some(len), None)?
+                let f = File::open(local)?;
+                c.put_file(remote, &f, None)?
             }
             ("sync-to-server", Some(local), Some(remote)) => {
                 let st = c.sync_to_server(std::path::Path::new(local), remote)?;
