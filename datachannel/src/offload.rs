@@ -25,13 +25,14 @@ use codec_api::EncodeWriter;
 /// Size of the buffer that collects plain `write`s.
 const STAGE: usize = 256 * 1024;
 
-/// Buffers queued for the socket thread beyond the one it is writing.
-const QUEUE: usize = 2;
+/// Buffers queued for the socket thread beyond the one it is writing: one
+/// is enough to keep it busy while the codec fills the next.
+const QUEUE: usize = 1;
 
-/// Buffers that exist at once per stream (one being filled, the queue,
-/// one being written, one spare): bounds the memory of a stream whose
-/// peer reads slowly.
-const MAX_BUFFERS: usize = QUEUE + 3;
+/// Buffers this sink makes per stream (one being filled, the queue, one
+/// being written; a codec that hands over its own buffer brings one more):
+/// about 1 MiB per stream at most, however slowly the peer reads.
+const MAX_BUFFERS: usize = QUEUE + 2;
 
 enum Job {
     /// Write `buf[..len]`, then hand `buf` back.
