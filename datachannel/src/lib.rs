@@ -16,7 +16,10 @@
 //! Codec and multi-stream channels run as a pipeline so that both cores
 //! work: one worker thread per TCP stream owns that stream's codecs and
 //! socket and exchanges recycled buffers with the caller through bounded
-//! queues. An error on any stream stops all of them (their sockets are
+//! queues. With fewer streams than cores, a sending stream with codecs
+//! also gets a socket thread, so that its codecs work on the next buffer
+//! while the previous one is being sent (module `offload`;
+//! [`ChannelOptions::socket_threads`]). An error on any stream stops all of them (their sockets are
 //! shut down) and comes back to the caller as an `io::Error` naming the
 //! stream. Set socket timeouts on the `TcpStream`s to bound how long a
 //! silent peer can stall a transfer.

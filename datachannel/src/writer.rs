@@ -64,7 +64,9 @@ enum Msg {
 ///
 /// With one stream and no codec the bytes go straight to the socket in the
 /// caller's thread. Otherwise one worker thread per TCP stream owns that
-/// stream's codec stack and socket; batches of blocks travel to the
+/// stream's codec stack and socket (with fewer streams than cores, a
+/// second thread per codec stream writes the socket:
+/// [`ChannelOptions::socket_threads`]); batches of blocks travel to the
 /// workers through bounded queues (back-pressure, bounded memory) and
 /// their buffers are recycled. Bytes are held until a batch is full; use
 /// [`send_blocks`](DataWriter::send_blocks) to send the complete blocks
@@ -168,7 +170,7 @@ impl DataWriter {
         // Codecs read mapped files only where a SIGBUS guard is in place.
         let guarded_map = !stack.is_plain() && crate::sigbus::install();
         let mappable = fds.is_some() || guarded_map;
-        let offload = !stack.is_plain() && options.socket_threads.unwrap_or(n < cores());
+        let offload = !stack.is_plain() && options.socket_threads.unwrap_or_else(|| n < cores());
         let mut stacks = Vec::with_capacity(n);
         for (i, s) in streams.into_iter().enumerate() {
             let bottom: Box<dyn EncodeWriter> = if stack.is_plain() {
@@ -335,9 +337,11 @@ fn copy_direct(src: &mut dyn Read, w: &mut dyn Write, size: usize) -> io::Result
 /// Buffer under the codecs.
 const CODEC_SINK_BUFFER: usize = 64 * 1024;
 
-/// Cores this process may run on.
+/// Cores this process may run on (asked once: the answer reads cgroup
+/// files).
 fn cores() -> usize {
-    thread::available_parallelism().map_or(1, |n| n.get())
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 fn finished() -> io::Error {
