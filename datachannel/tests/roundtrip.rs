@@ -49,6 +49,23 @@ fn socket_thread_variants() -> [(Option<bool>, ChannelOptions); 3] {
     })
 }
 
+/// Reads `r` to its end, then waits for the `sender` thread; panics naming
+/// `what` if either failed.
+fn receive_all(
+    mut r: DataReader,
+    sender: std::thread::JoinHandle<std::io::Result<()>>,
+    what: &str,
+) -> Vec<u8> {
+    let mut got = Vec::new();
+    r.read_to_end(&mut got)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    sender
+        .join()
+        .expect("join")
+        .unwrap_or_else(|e| panic!("{what} writer: {e}"));
+    got
+}
+
 #[test]
 fn every_stack_over_loopback_tcp() {
     for (name, stack) in all_stacks() {
@@ -63,16 +80,10 @@ fn every_stack_over_loopback_tcp() {
                     w.copy_from(&mut src)?;
                     w.finish()
                 });
-                let mut r =
-                    DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
-                let mut got = Vec::new();
-                r.read_to_end(&mut got)
-                    .unwrap_or_else(|e| panic!("{name} n={n} threads={threads:?}: {e}"));
-                sender
-                    .join()
-                    .expect("join")
-                    .unwrap_or_else(|e| panic!("{name} n={n} threads={threads:?} writer: {e}"));
-                assert!(got == d, "{name} n={n} threads={threads:?}: data differs");
+                let what = format!("{name} n={n} threads={threads:?}");
+                let r = DataReader::new(rs, &stack, &ChannelOptions::default()).expect("reader");
+                let got = receive_all(r, sender, &what);
+                assert!(got == d, "{what}: data differs");
             }
         }
     }
@@ -182,14 +193,8 @@ fn sealed_records_with_and_without_socket_threads() {
                 w.write_all(&bb)?;
                 w.finish()
             });
-            let mut r = DataReader::new(rs, &make(), &ChannelOptions::default()).expect("reader");
-            let mut got = Vec::new();
-            r.read_to_end(&mut got)
-                .unwrap_or_else(|e| panic!("n={n} threads={threads:?}: {e}"));
-            sender
-                .join()
-                .expect("join")
-                .unwrap_or_else(|e| panic!("n={n} threads={threads:?} writer: {e}"));
+            let r = DataReader::new(rs, &make(), &ChannelOptions::default()).expect("reader");
+            let got = receive_all(r, sender, &format!("n={n} threads={threads:?}"));
             assert!(
                 got.len() == a.len() + b.len()
                     && got[..a.len()] == a[..]
