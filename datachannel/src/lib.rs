@@ -90,8 +90,8 @@ pub struct ChannelOptions {
     pub block_size: usize,
     /// Bytes handed between the caller and the stream workers at a time:
     /// a sending batch (a whole number of blocks, read from a file in one
-    /// call by [`DataWriter::copy_from`]), and the buffer of a
-    /// single-stream codec pipeline. Default 1 MiB.
+    /// call by [`DataWriter::copy_from`]), and the read buffer of each
+    /// receiving stream worker. Default 1 MiB.
     pub batch_size: usize,
     /// Batches queued between the caller and each stream's worker (and
     /// buffers queued by each receiving worker). Default 4.
