@@ -3,7 +3,7 @@
 //! the codec API exactly as a data channel uses it.
 //!
 //! ```text
-//! cargo run --release -p uftpd-chacha20poly1305 --example codec_speed [FILE] [MiB]
+//! cargo run --release -p uftpd-chacha20poly1305 --example chacha_speed [FILE] [MiB]
 //! ```
 //!
 //! FILE (default: 64 MiB of generated half-text, half-random data) is
