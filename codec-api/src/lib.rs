@@ -306,7 +306,7 @@ impl CodecParams {
     }
 
     /// The `threads` option of a codec that compresses ONE stream with
-    /// several threads: 1..=64, default [`default_threads`].
+    /// several threads: 1..=[`MAX_THREADS`], default [`default_threads`].
     ///
     /// ```
     /// use codec_api::CodecParams;
@@ -315,9 +315,12 @@ impl CodecParams {
     /// assert!(CodecParams::new().with_option("threads", "0").threads_option("gzip").is_err());
     /// ```
     pub fn threads_option(&self, codec: &'static str) -> Result<usize, CodecError> {
-        self.int_option(codec, "threads", 1..=64, default_threads())
+        self.int_option(codec, "threads", 1..=MAX_THREADS, default_threads())
     }
 }
+
+/// Most threads the `threads` option allows for one stream.
+pub const MAX_THREADS: usize = 64;
 
 /// Most threads a codec uses for one stream by default.
 pub const MAX_DEFAULT_THREADS: usize = 4;
@@ -325,9 +328,15 @@ pub const MAX_DEFAULT_THREADS: usize = 4;
 /// The default of the `threads` option ([`CodecParams::threads_option`]):
 /// the cores this process may use, at most [`MAX_DEFAULT_THREADS`].
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_DEFAULT_THREADS)
+    available_cores().min(MAX_DEFAULT_THREADS)
+}
+
+/// The cores this process may run on (affinity and cgroup quota), asked
+/// once per process: the answer reads cgroup files, and codecs and data
+/// channels ask for every transfer.
+pub fn available_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The encoding side of a codec: a writer that transforms what is written

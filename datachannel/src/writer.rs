@@ -170,7 +170,10 @@ impl DataWriter {
         // Codecs read mapped files only where a SIGBUS guard is in place.
         let guarded_map = !stack.is_plain() && crate::sigbus::install();
         let mappable = fds.is_some() || guarded_map;
-        let offload = !stack.is_plain() && options.socket_threads.unwrap_or_else(|| n < cores());
+        let offload = !stack.is_plain()
+            && options
+                .socket_threads
+                .unwrap_or_else(|| n < codec_api::available_cores());
         let mut stacks = Vec::with_capacity(n);
         for (i, s) in streams.into_iter().enumerate() {
             let bottom: Box<dyn EncodeWriter> = if stack.is_plain() {
@@ -336,13 +339,6 @@ fn copy_direct(src: &mut dyn Read, w: &mut dyn Write, size: usize) -> io::Result
 
 /// Buffer under the codecs.
 const CODEC_SINK_BUFFER: usize = 64 * 1024;
-
-/// Cores this process may run on (asked once: the answer reads cgroup
-/// files).
-fn cores() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()))
-}
 
 fn finished() -> io::Error {
     io::Error::other("data channel writer already finished")
@@ -614,6 +610,23 @@ fn write_frames(
     write_all_vectored(w, &mut slices, "a frame")
 }
 
+/// Writes stream `i`'s part of `data` (blocks of `block` bytes numbered
+/// from `seq`): its frames when there are several streams, else all of it.
+fn write_part(
+    w: &mut dyn Write,
+    i: usize,
+    n: usize,
+    seq_block: (u32, usize),
+    data: &[u8],
+    parts: &mut Vec<FramePart>,
+) -> io::Result<()> {
+    if n > 1 {
+        write_frames(w, i, n, seq_block, data, parts)
+    } else {
+        w.write_all(data)
+    }
+}
+
 /// Writes stream `i`'s part of a mapped batch through its codecs, which
 /// read the guarded mapping (framed: headers from `parts`, payloads from
 /// the mapping). A file that shrank under the mapping fails the stream.
@@ -628,11 +641,7 @@ fn write_mapped_codec(
         .map
         .guarded_slice(b.off, b.len)
         .ok_or_else(|| io::Error::other("mapped data for a codec without a guarded mapping"))?;
-    if n > 1 {
-        write_frames(w, i, n, (b.seq, b.block), data, parts)?;
-    } else {
-        w.write_all(data)?;
-    }
+    write_part(w, i, n, (b.seq, b.block), data, parts)?;
     if b.map.damaged() {
         return Err(io::Error::other(
             "the file shrank, or part of it could not be read, while it was being sent",
@@ -678,18 +687,14 @@ fn worker(
             };
             match msg {
                 Msg::Batch(b) => {
-                    if framed {
-                        write_frames(
-                            &mut **enc,
-                            i,
-                            n,
-                            (b.seq, b.block),
-                            &b.buf[..b.len],
-                            &mut parts,
-                        )?;
-                    } else {
-                        enc.write_all(&b.buf[..b.len])?;
-                    }
+                    write_part(
+                        &mut **enc,
+                        i,
+                        n,
+                        (b.seq, b.block),
+                        &b.buf[..b.len],
+                        &mut parts,
+                    )?;
                     dirty = true;
                 }
                 Msg::Mapped(b) => {

@@ -422,7 +422,15 @@ impl Config {
                 None => DEFAULT_GZIP_LEVEL,
             },
             compress_threads: get("COMPRESS_THREADS")
-                .map(|v| parse_num("COMPRESS_THREADS", v, 1..=64, "expected 1-64 threads"))
+                .map(|v| {
+                    let max = codec_api::MAX_THREADS as u64;
+                    parse_num(
+                        "COMPRESS_THREADS",
+                        v,
+                        1..=max,
+                        &format!("expected 1-{max} threads"),
+                    )
+                })
                 .transpose()?,
             request_lifetime: Duration::from_secs(match get("REQUEST_LIFETIME") {
                 Some(v) => parse_num("REQUEST_LIFETIME", v, 1.., "expected seconds >= 1")?,
