@@ -28,11 +28,14 @@ pub(crate) struct Mapping {
     guard: Option<Guard>,
 }
 
-// SAFETY: the mapping is only an address range handed to the kernel
-// (`writev` sources) and unmapped once, by whichever thread drops the last
-// reference; no thread reads or writes it.
+// SAFETY: the mapping is read-only and unmapped once, by whichever thread
+// drops the last reference. A plain mapping is only an address range
+// handed to the kernel (`writev` sources); a guarded one is also read
+// through `guarded_slice`, whose borrows cannot outlive the mapping, and
+// any thread may read shared read-only memory at the same time.
 unsafe impl Send for Mapping {}
-// SAFETY: as for `Send`: shared references only read the address.
+// SAFETY: as for `Send`: shared references only read the address or the
+// read-only bytes.
 unsafe impl Sync for Mapping {}
 
 impl Drop for Mapping {
