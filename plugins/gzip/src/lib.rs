@@ -389,19 +389,15 @@ mod tests {
         .into_iter()
         .flat_map(|len| [("2", "1"), ("4", "6")].map(|(t, l)| (len, t, l)))
         .chain([(piece + 1, "3", "0"), (piece + 1, "3", "9")]);
-        {
-            for (len, threads, level) in cases {
-                {
-                    let wire = encode_with(&data[..len], level, threads, None);
-                    assert_eq!(&wire[..4], &[0x1f, 0x8b, 8, 0]);
-                    assert_eq!(
-                        single_member_decode(&wire),
-                        &data[..len],
-                        "len {len} threads {threads} level {level}"
-                    );
-                    assert_eq!(decode(&wire).expect("decode"), &data[..len]);
-                }
-            }
+        for (len, threads, level) in cases {
+            let wire = encode_with(&data[..len], level, threads, None);
+            assert_eq!(&wire[..4], &[0x1f, 0x8b, 8, 0]);
+            assert_eq!(
+                single_member_decode(&wire),
+                &data[..len],
+                "len {len} threads {threads} level {level}"
+            );
+            assert_eq!(decode(&wire).expect("decode"), &data[..len]);
         }
     }
 

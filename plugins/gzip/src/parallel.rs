@@ -207,10 +207,15 @@ impl<'a> ParallelGzipWriter<'a> {
         self.write_done(done)
     }
 
+    /// Writes a finished piece, handing its output buffer down (a socket
+    /// thread sends it without a copy; see `EncodeWriter::write_owned`);
+    /// the buffer that comes back serves a later job.
     fn write_done(&mut self, done: Done) -> io::Result<()> {
-        self.inner.write_all(&done.job.out)?;
-        self.crc.combine(&done.crc);
-        self.spare.push(done.job);
+        let Done { mut job, crc } = done;
+        let len = job.out.len();
+        job.out = self.inner.write_owned(std::mem::take(&mut job.out), len)?;
+        self.crc.combine(&crc);
+        self.spare.push(job);
         Ok(())
     }
 
