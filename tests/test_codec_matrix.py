@@ -407,7 +407,6 @@ def test_compress_threads_still_make_one_gzip_member(daemon_factory, site_factor
             assert got == data, f"{stack} over {n} streams with {threads} threads"
 
 
-
 # ---------------------------------------------------------------- a file that shrinks
 @pytest.mark.beyond_reference  # the reference sends what read() returns and ends normally
 @pytest.mark.parametrize("n", [1, 2])

@@ -933,7 +933,13 @@ fn send_whole_file(w: &mut DataWriter, file: &std::fs::File) -> io::Result<u64> 
         Ok(n) => n.unwrap_or(0),
         Err(uftp_datachannel::SendFileError::Channel(e)) => return Err(e),
         // The file could not be mapped after part of it was sent.
-        Err(e) => return Err(io::Error::other(format!("reading the local {e}"))),
+        Err(uftp_datachannel::SendFileError::File(e)) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("reading the local file: {e}"),
+            ));
+        }
+        Err(e) => return Err(io::Error::other(e)),
     };
     Ok(mapped + w.copy_from(&mut &*file)?)
 }
