@@ -19,9 +19,9 @@
 //! queues. With fewer streams than cores, a sending stream with codecs
 //! also gets a socket thread, so that its codecs work on the next buffer
 //! while the previous one is being sent (module `offload`;
-//! [`ChannelOptions::socket_threads`]). An error on any stream stops all of them (their sockets are
-//! shut down) and comes back to the caller as an `io::Error` naming the
-//! stream. Set socket timeouts on the `TcpStream`s to bound how long a
+//! [`ChannelOptions::socket_threads`]). An error on any stream stops all
+//! of them (their sockets are shut down) and comes back to the caller as
+//! an `io::Error` naming the stream. Set socket timeouts on the `TcpStream`s to bound how long a
 //! silent peer can stall a transfer.
 //!
 //! # Example
