@@ -22,7 +22,7 @@
 //!
 //! Options: `level` = 0..=9 (zlib compression level), default
 //! [`DEFAULT_LEVEL`] (6, as Java's and Python's defaults); `threads` =
-//! 1..=64, how many threads compress ONE stream (default
+//! 1..=[`codec_api::MAX_THREADS`] (64), how many threads compress ONE stream (default
 //! [`codec_api::default_threads`]: the machine's cores, at most 4). With more than one
 //! the member is cut into 256 KiB pieces compressed in parallel, each primed
 //! with the 32 KiB before it and ended by a sync flush (the technique of
@@ -96,7 +96,7 @@ pub fn level(params: &CodecParams) -> Result<u32, CodecError> {
     params.int_option(NAME, "level", 0..=9, DEFAULT_LEVEL)
 }
 
-/// Reads the `threads` option (1..=64, default
+/// Reads the `threads` option (1..=[`codec_api::MAX_THREADS`], default
 /// [`codec_api::default_threads`]).
 pub fn threads(params: &CodecParams) -> Result<usize, CodecError> {
     params.threads_option(NAME)

@@ -23,7 +23,7 @@
 //!   level up to 19 stays within that.
 //!
 //! Options: `level` = [`MIN_LEVEL`]..=[`MAX_LEVEL`] (negative levels are
-//! zstd's fast modes), default [`DEFAULT_LEVEL`] (1); `threads` = 1..=64,
+//! zstd's fast modes), default [`DEFAULT_LEVEL`] (1); `threads` = 1..=[`codec_api::MAX_THREADS`] (64),
 //! how many threads compress ONE stream (zstd's own multi-threaded mode,
 //! still one frame; default [`codec_api::default_threads`]: the machine's
 //! cores, at most 4). With one thread the caller compresses.
@@ -102,7 +102,7 @@ pub static DESCRIPTOR: CodecDescriptor = descriptor();
 
 inventory::submit!(descriptor());
 
-/// Reads the `threads` option (1..=64, default
+/// Reads the `threads` option (1..=[`codec_api::MAX_THREADS`], default
 /// [`codec_api::default_threads`]).
 pub fn threads(params: &CodecParams) -> Result<u32, CodecError> {
     // at most 64: the conversion cannot fail
