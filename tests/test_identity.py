@@ -5,6 +5,7 @@ to nobody, uftptest1 and uftptest2."""
 import grp
 import os
 import stat
+import subprocess
 import time
 
 import pytest
@@ -201,3 +202,39 @@ def test_group_not_enforced_when_disabled(daemon_factory, site_factory, users):
     c.stor("x.bin", b"x")
     st = os.stat(site.path("x.bin"))
     assert (st.st_uid, st.st_gid) == (users["uftptest2"].uid, gid_of("uftptestg"))
+
+
+@pytest.fixture
+def temp_group_of_uftptest1():
+    """A group made for one test with uftptest1 as its only member."""
+    name = f"uftpdtmp{os.getpid() % 100000}"
+    subprocess.run(["groupadd", name], check=True, capture_output=True)
+    subprocess.run(["usermod", "-a", "-G", name, "uftptest1"], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+def leave_group(user, group):
+    subprocess.run(["gpasswd", "-d", user, group], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("cache_seconds", ["0", "600"])
+def test_user_cache_seconds_bounds_how_long_a_resolved_user_is_reused(
+        daemon_factory, site_factory, users, temp_group_of_uftptest1, cache_seconds):
+    """USER_CACHE_SECONDS: a resolved user (uid, groups) is reused for that
+    long; 0 asks the user database for every request. Only successes are
+    kept: a refused request is looked up again next time."""
+    group = temp_group_of_uftptest1
+    d = daemon_factory(USER_CACHE_SECONDS=cache_seconds)
+    site = site_factory(daemon=d, user=users["uftptest1"])
+    assert not refused(site, group=group), "member of the new group refused"
+    assert refused(site, group="uftptest1:no-such-group-uftpdtest")
+    leave_group("uftptest1", group)
+    if cache_seconds == "0":
+        assert refused(site, group=group), "left the group, still accepted without a cache"
+    else:
+        assert not refused(site, group=group), "cached identity not reused"
+        # Another group specification is another lookup.
+        assert refused(site, group=f"uftptest1:{group}")

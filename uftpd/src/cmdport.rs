@@ -17,6 +17,8 @@ use crate::jobs::Job;
 use crate::request::{parse_lines, parse_transfer};
 use crate::server::Daemon;
 use crate::userinfo::{self, UserInfoJob};
+use crate::users::IdentityError;
+use storage_api::Identity;
 
 /// Time a peer has to send its whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -170,13 +172,7 @@ async fn transfer(m: &HashMap<String, String>, peer: SocketAddr, daemon: &Arc<Da
         );
         return format!("ERROR::{e}");
     }
-    let (user, group) = (request.user.clone(), request.group.clone());
-    let (enforce, privileged) = (daemon.config.enforce_os_gids, daemon.privileged);
-    let identity = tokio::task::spawn_blocking(move || {
-        crate::users::resolve_identity(&user, group.as_deref(), enforce, privileged)
-    })
-    .await;
-    let identity = match identity {
+    let identity = match resolve(&request.user, request.group.as_deref(), daemon).await {
         Ok(Ok(id)) => id,
         Ok(Err(e)) => {
             tracing::info!(
@@ -208,6 +204,30 @@ async fn transfer(m: &HashMap<String, String>, peer: SocketAddr, daemon: &Arc<Da
             format!("ERROR::{e}")
         }
     }
+}
+
+/// The identity a transfer request for `user` and `group` runs as: from
+/// the daemon's cache, or looked up off the async threads (the user
+/// database may be a network service).
+async fn resolve(
+    user: &str,
+    group: Option<&str>,
+    daemon: &Arc<Daemon>,
+) -> Result<Result<Identity, IdentityError>, tokio::task::JoinError> {
+    let spec = group.unwrap_or("");
+    if let Some(id) = daemon.identities.get(user, spec) {
+        return Ok(Ok(id));
+    }
+    let (u, g) = (user.to_string(), group.map(str::to_string));
+    let (enforce, privileged) = (daemon.config.enforce_os_gids, daemon.privileged);
+    let resolved = tokio::task::spawn_blocking(move || {
+        crate::users::resolve_identity(&u, g.as_deref(), enforce, privileged)
+    })
+    .await;
+    if let Ok(Ok(id)) = &resolved {
+        daemon.identities.put(user, spec, id);
+    }
+    resolved
 }
 
 async fn user_info(m: &HashMap<String, String>, daemon: &Arc<Daemon>) -> String {

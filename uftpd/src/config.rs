@@ -37,6 +37,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "OPEN_USER_SESSIONS",
     "PAM_MODULE",
     "REQUEST_LIFETIME",
+    "USER_CACHE_SECONDS",
     "GZIP_LEVEL",
     "COMPRESS_THREADS",
     "STORAGE_BACKEND",
@@ -48,6 +49,10 @@ pub const KNOWN_VARIABLES: &[&str] = &[
 /// is about throughput, and level 1 compresses several times faster than
 /// 6 for a few percent less ratio (UFTPD 3.x used zlib's default, 6).
 pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+
+/// Default of USER_CACHE_SECONDS: short against the caches of nscd and
+/// sssd, long enough that a burst of requests for one user costs one lookup.
+pub const DEFAULT_USER_CACHE_SECONDS: u64 = 30;
 
 /// A configuration error; the message names the variable or the file.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,9 @@ pub struct Config {
     pub pam_module: String,
     /// How long an unused transfer request stays valid.
     pub request_lifetime: Duration,
+    /// How long a resolved user (uid, groups) is reused for further
+    /// transfer requests; zero: every request asks the user database.
+    pub user_cache: Duration,
     /// zlib level (0-9) for gzip-compressed data channels.
     pub gzip_level: u32,
     /// Threads compressing one gzip or zstd stream (1-64); `None`: the
@@ -436,6 +444,15 @@ impl Config {
                 Some(v) => parse_num("REQUEST_LIFETIME", v, 1.., "expected seconds >= 1")?,
                 None => 300,
             }),
+            user_cache: Duration::from_secs(match get("USER_CACHE_SECONDS") {
+                Some(v) => parse_num(
+                    "USER_CACHE_SECONDS",
+                    v,
+                    0..=86_400,
+                    "expected 0-86400 seconds",
+                )?,
+                None => DEFAULT_USER_CACHE_SECONDS,
+            }),
             source: path.map(Path::to_path_buf),
             ignored,
             file_vars,
@@ -517,6 +534,9 @@ mod tests {
         assert_eq!(c.nowrite, vec![".ssh/authorized_keys"]);
         assert_eq!(c.keyfiles.len(), 2);
         assert_eq!(c.request_lifetime, Duration::from_secs(300));
+        assert_eq!(c.user_cache, Duration::from_secs(30));
+        let c = load("export USER_CACHE_SECONDS=0\n", &[]).expect("load");
+        assert_eq!(c.user_cache, Duration::ZERO);
     }
 
     #[test]
@@ -560,6 +580,8 @@ mod tests {
             ("export GZIP_LEVEL=10", "GZIP_LEVEL"),
             ("export COMPRESS_THREADS=0", "COMPRESS_THREADS"),
             ("export COMPRESS_THREADS=65", "COMPRESS_THREADS"),
+            ("export USER_CACHE_SECONDS=-1", "USER_CACHE_SECONDS"),
+            ("export USER_CACHE_SECONDS=86401", "USER_CACHE_SECONDS"),
             (
                 "export ADVERTISE_HOST=no.such.host.invalid",
                 "ADVERTISE_HOST",

@@ -106,6 +106,8 @@ pub struct Daemon {
     pub settings: SessionSettings,
     /// Who may use the command port.
     pub authorizer: Box<dyn auth_api::CommandAuthorizer>,
+    /// Users resolved for recent transfer requests.
+    pub identities: crate::users::IdentityCache,
     running: AtomicU64,
     total: AtomicU64,
 }
@@ -376,6 +378,7 @@ pub fn run(config: Config) -> Result<(), String> {
             privileged,
             settings,
             authorizer,
+            identities: crate::users::IdentityCache::new(config.user_cache),
             running: AtomicU64::new(0),
             total: AtomicU64::new(0),
             config,

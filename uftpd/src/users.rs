@@ -10,8 +10,11 @@
 //! in the OS (primary or supplementary); otherwise any existing group may
 //! be used. Unknown groups are always refused.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use nix::unistd::{Gid, Group, Uid, User, getgrouplist};
 use storage_api::Identity;
@@ -187,9 +190,156 @@ pub fn start_home(identity: &Identity) -> PathBuf {
     }
 }
 
+/// Most identities an [`IdentityCache`] holds; when full, expired entries
+/// go, and if none has expired the whole cache is emptied.
+const MAX_CACHED_IDENTITIES: usize = 4096;
+
+/// Identities resolved for recent transfer requests (USER_CACHE_SECONDS).
+///
+/// A lookup in the user database is a file scan, or a round trip to
+/// LDAP/sssd, that the command port must not run on its async threads; a
+/// burst of requests for one user (a client fetching many files, an Auth
+/// server retrying) then costs one lookup. Only successful resolutions are
+/// kept, so a user or group created a moment ago is found at once; one
+/// removed keeps working for at most the lifetime of its entry, as behind
+/// nscd or sssd.
+#[derive(Debug)]
+pub struct IdentityCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<(String, String), (Instant, Identity)>>,
+}
+
+impl IdentityCache {
+    /// A cache keeping entries for `ttl`; zero keeps nothing.
+    pub fn new(ttl: Duration) -> Self {
+        IdentityCache {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, Identity)>> {
+        // A panic while holding the lock cannot leave the map inconsistent
+        // (single insert/remove calls): keep using it.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The identity resolved for `user` and the group specification
+    /// `group` within the last `ttl`, if any.
+    pub fn get(&self, user: &str, group: &str) -> Option<Identity> {
+        self.get_at(user, group, Instant::now())
+    }
+
+    fn get_at(&self, user: &str, group: &str, now: Instant) -> Option<Identity> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let mut entries = self.entries();
+        let key = (user.to_string(), group.to_string());
+        match entries.get(&key) {
+            Some((at, id)) if now.saturating_duration_since(*at) < self.ttl => Some(id.clone()),
+            Some(_) => {
+                entries.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers what `user` with `group` resolved to.
+    pub fn put(&self, user: &str, group: &str, identity: &Identity) {
+        self.put_at(user, group, identity, Instant::now());
+    }
+
+    fn put_at(&self, user: &str, group: &str, identity: &Identity, now: Instant) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries();
+        if entries.len() >= MAX_CACHED_IDENTITIES {
+            let ttl = self.ttl;
+            entries.retain(|_, (at, _)| now.saturating_duration_since(*at) < ttl);
+            if entries.len() >= MAX_CACHED_IDENTITIES {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            (user.to_string(), group.to_string()),
+            (now, identity.clone()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn some_identity(uid: u32) -> Identity {
+        Identity {
+            user: format!("u{uid}"),
+            uid,
+            gid: 100,
+            groups: vec![100, 200],
+            home: PathBuf::from("/home/u"),
+        }
+    }
+
+    #[test]
+    fn identity_cache_keeps_entries_for_its_ttl_per_user_and_group() {
+        let c = IdentityCache::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let a = some_identity(1000);
+        c.put_at("alice", "", &a, t0);
+        assert_eq!(
+            c.get_at("alice", "", t0 + Duration::from_secs(29)),
+            Some(a.clone())
+        );
+        // Another group specification is another resolution.
+        assert_eq!(c.get_at("alice", "staff", t0), None);
+        assert_eq!(c.get_at("bob", "", t0), None);
+        // Expired: gone, and stays gone.
+        assert_eq!(c.get_at("alice", "", t0 + Duration::from_secs(30)), None);
+        assert_eq!(c.get_at("alice", "", t0), None);
+    }
+
+    #[test]
+    fn identity_cache_of_zero_seconds_keeps_nothing() {
+        let c = IdentityCache::new(Duration::ZERO);
+        let t0 = Instant::now();
+        c.put_at("alice", "", &some_identity(1000), t0);
+        assert_eq!(c.get_at("alice", "", t0), None);
+        assert!(c.entries().is_empty());
+    }
+
+    #[test]
+    fn identity_cache_is_bounded() {
+        let c = IdentityCache::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        for i in 0..MAX_CACHED_IDENTITIES {
+            c.put_at(&format!("u{i}"), "", &some_identity(i as u32 + 1), t0);
+        }
+        assert_eq!(c.entries().len(), MAX_CACHED_IDENTITIES);
+        // Full of live entries: emptied, then the new one kept.
+        c.put_at(
+            "late",
+            "",
+            &some_identity(99_999),
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(c.entries().len(), 1);
+        assert!(c.get_at("late", "", t0 + Duration::from_secs(1)).is_some());
+        // Full with expired entries among live ones: only the expired go.
+        let c = IdentityCache::new(Duration::from_secs(30));
+        c.put_at("keep", "", &some_identity(7), t0 + Duration::from_secs(20));
+        for i in 0..MAX_CACHED_IDENTITIES - 1 {
+            c.put_at(&format!("v{i}"), "", &some_identity(i as u32 + 1), t0);
+        }
+        let later = t0 + Duration::from_secs(31);
+        c.put_at("newest", "", &some_identity(8), later);
+        assert_eq!(c.entries().len(), 2);
+        assert!(c.get_at("keep", "", later).is_some());
+        assert!(c.get_at("newest", "", later).is_some());
+    }
 
     #[test]
     fn unknown_user_and_root() {
