@@ -277,6 +277,48 @@ fn spawn_accept_loop(
     });
 }
 
+/// Serves the command port on a thread of its own with a single-threaded
+/// runtime: a request is a few short steps (read, parse, look up, store,
+/// reply) whose hand-offs between the worker threads of the FTP side's
+/// runtime cost more CPU than the steps themselves.
+fn start_command_thread(
+    listeners: Vec<TcpListener>,
+    daemon: Arc<Daemon>,
+    limit: Arc<Semaphore>,
+    per_peer: Arc<PeerCounts>,
+) -> Result<(), String> {
+    let listeners = listeners
+        .into_iter()
+        .map(TcpListener::into_std)
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| format!("command port: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the command port's runtime: {e}"))?;
+    std::thread::Builder::new()
+        .name("uftpd-cmdport".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                for l in listeners {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => spawn_accept_loop(
+                            l,
+                            Service::Command,
+                            daemon.clone(),
+                            limit.clone(),
+                            per_peer.clone(),
+                        ),
+                        Err(e) => tracing::error!("command port: {e}"),
+                    }
+                }
+                std::future::pending::<()>().await
+            })
+        })
+        .map_err(|e| format!("cannot start the command port's thread: {e}"))?;
+    Ok(())
+}
+
 /// Raises the soft limit of open files to the hard limit: every session
 /// in the login dialogue and every command-port peer holds a descriptor.
 fn raise_fd_limit() {
@@ -399,9 +441,7 @@ pub fn run(config: Config) -> Result<(), String> {
         );
         let cmd_limit = Arc::new(Semaphore::new(MAX_CMD_CONNECTIONS));
         let cmd_peers = PeerCounts::new(MAX_CMD_PER_PEER);
-        for l in cmd {
-            spawn_accept_loop(l, Service::Command, daemon.clone(), cmd_limit.clone(), cmd_peers.clone());
-        }
+        start_command_thread(cmd, daemon.clone(), cmd_limit, cmd_peers)?;
         let login_limit = Arc::new(Semaphore::new(MAX_LOGINS));
         let login_peers = PeerCounts::new(MAX_LOGINS_PER_PEER);
         for l in ftp {
