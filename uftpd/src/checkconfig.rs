@@ -349,6 +349,18 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
     }
     r.info(
         SESSIONS,
+        if cfg.user_cache.is_zero() {
+            "users and groups looked up for every transfer request (USER_CACHE_SECONDS=0)"
+                .to_string()
+        } else {
+            format!(
+                "a looked-up user and its groups are reused for {}s (USER_CACHE_SECONDS)",
+                cfg.user_cache.as_secs()
+            )
+        },
+    );
+    r.info(
+        SESSIONS,
         format!(
             "requests expire after {}s; sessions: sendfile {}, PAM sessions {}",
             cfg.request_lifetime.as_secs(),
@@ -439,6 +451,20 @@ mod tests {
         assert!(text.contains("TLS OFF"), "{text}");
         assert!(text.contains("storage backend 'posix'"), "{text}");
         assert!(text.contains("uftpd would start"), "{text}");
+        assert!(
+            text.contains("reused for 30s (USER_CACHE_SECONDS)"),
+            "{text}"
+        );
+        let r = check(
+            &cfg(&[("CMD_HOST", "127.0.0.1"), ("USER_CACHE_SECONDS", "0")]),
+            true,
+            false,
+        );
+        let text = r.render();
+        assert!(
+            text.contains("looked up for every transfer request"),
+            "{text}"
+        );
     }
 
     #[test]
