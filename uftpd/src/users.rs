@@ -190,8 +190,8 @@ pub fn start_home(identity: &Identity) -> PathBuf {
     }
 }
 
-/// Most identities an [`IdentityCache`] holds; when full, expired entries
-/// go, and if none has expired the whole cache is emptied.
+/// Most identities an [`IdentityCache`] holds; when full, the expired
+/// entries go, and if it is still full, all of them.
 const MAX_CACHED_IDENTITIES: usize = 4096;
 
 /// Identities resolved for recent transfer requests (USER_CACHE_SECONDS).
