@@ -143,6 +143,28 @@ def test_uftpc_upload(csite, uftpc, case):
     assert stored.stat().st_uid == csite.user.uid
 
 
+@beyond
+@pytest.mark.parametrize("level", ["0", "9"])
+@pytest.mark.parametrize("enc", ["plain", "AES128"])
+def test_uftpc_upload_at_a_gzip_level(csite, uftpc, enc, level):
+    """`uftpc --gzip-level N` compresses at that level (0 stores, 9 is
+    zlib's best); the daemon inflates any level."""
+    stack = make_stack(enc, True)
+    data = payload()
+    src = csite.work / "src.bin"
+    src.write_bytes(data)
+    secret = csite.announce_ok(**stack.request_fields())
+    run_uftpc(uftpc, csite, secret, 2, stack, "--gzip-level", level, "put", str(src), "up.bin")
+    assert csite.path("up.bin").read_bytes() == data
+
+
+def test_uftpc_refuses_a_gzip_level_beyond_9(uftpc):
+    p = subprocess.run([str(uftpc), "-z", "--gzip-level", "10", f"{LOOPBACK}:1", "s", "ls"],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert p.returncode != 0
+    assert b"--gzip-level wants a zlib level 0-9" in p.stderr
+
+
 # ---------------------------------------------------------------- the independent codec
 @pytest.mark.parametrize("case", marked(MATRIX), ids=matrix_id)
 def test_python_codec_both_directions(csite, case):

@@ -69,6 +69,8 @@ pub struct RcpJob {
     pub algo: Option<String>,
     /// Compression of the data streams (as the session's request).
     pub compress: crate::request::Compression,
+    /// zlib level of what this side compresses with gzip (GZIP_LEVEL).
+    pub gzip_level: u32,
     /// Bytes per second, 0 = unlimited.
     pub rate_limit: u64,
     /// Base directory of the session.
@@ -244,6 +246,7 @@ fn run(job: &RcpJob) -> Result<u64, RcpError> {
         key: job.key.clone(),
         algo: job.algo.clone(),
         compress: job.compress.into(),
+        gzip_level: job.gzip_level,
         timeout: TIMEOUT,
         epsv: false,
     };
@@ -434,6 +437,7 @@ mod tests {
             key: Some(vec![7; 16]),
             algo: Some("BLOWFISH".into()),
             compress: crate::request::Compression::None,
+            gzip_level: 1,
             rate_limit: 0,
             base: "/b".into(),
             confined: true,

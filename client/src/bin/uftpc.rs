@@ -10,6 +10,7 @@
 //! uftpc [options] HOST:PORT SECRET put-archive LOCAL.tar REMOTE_DIR
 //! options: -n STREAMS  -E KEY_BASE64  -a BLOWFISH|AES|CHACHA20-POLY1305
 //!          -z (gzip)  -Z (zstd)  --compress gzip|zstd|none  --epsv
+//!          --gzip-level 0-9 (what uftpc compresses with; default 1)
 //! ```
 //!
 //! The options must match the transfer request (key, algo, compress). The
@@ -26,7 +27,7 @@ use uftp_client::{Client, ClientOptions, Compression};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: uftpc [-n STREAMS] [-E KEY_BASE64] [-a BLOWFISH|AES|CHACHA20-POLY1305] [-z | -Z | --compress gzip|zstd|none] [--epsv] HOST:PORT SECRET (get REMOTE LOCAL|- | put LOCAL REMOTE | ls [DIR] | sync-to-server LOCAL REMOTE | sync-to-client REMOTE LOCAL | put-archive LOCAL.tar REMOTE_DIR)"
+        "usage: uftpc [-n STREAMS] [-E KEY_BASE64] [-a BLOWFISH|AES|CHACHA20-POLY1305] [-z | -Z | --compress gzip|zstd|none] [--gzip-level 0-9] [--epsv] HOST:PORT SECRET (get REMOTE LOCAL|- | put LOCAL REMOTE | ls [DIR] | sync-to-server LOCAL REMOTE | sync-to-client REMOTE LOCAL | put-archive LOCAL.tar REMOTE_DIR)"
     );
     ExitCode::from(2)
 }
@@ -58,6 +59,13 @@ fn main() -> ExitCode {
                     return usage();
                 }
                 None => return usage(),
+            },
+            "--gzip-level" => match args.next().and_then(|v| v.parse::<u32>().ok()) {
+                Some(l) if l <= 9 => opts.gzip_level = l,
+                _ => {
+                    eprintln!("uftpc: --gzip-level wants a zlib level 0-9");
+                    return usage();
+                }
             },
             "--epsv" => opts.epsv = true,
             "-h" | "--help" => return usage(),

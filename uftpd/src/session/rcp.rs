@@ -206,6 +206,7 @@ impl Session {
             key: self.request.key.as_ref().map(|k| k.bytes.clone()),
             algo: self.request.key.as_ref().map(|k| k.algo.to_string()),
             compress: self.request.compress,
+            gzip_level: self.settings.gzip_level,
             rate_limit: self.opts.rate_limit,
             base: self.base.clone(),
             confined: self.base != "/",
