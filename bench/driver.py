@@ -1646,6 +1646,18 @@ def write_report(env, R, path):
               f"{ratio(m(u), m(limit))} | {fmt(u and u['cpu_gib'], 2)} | {fmt(p and p['cpu_gib'], 2)} | "
               f"{fmt(v and v['cpu_gib'], 2)} |")
         w("")
+        # Medians hide a bimodal machine (tmpfs writes that are sometimes
+        # several times slower for every server): show each round.
+        rounds = []
+        for k, label in kinds:
+            for d in ("down", "up"):
+                r = c1.get((k, d))
+                if r and r.get("cpus"):
+                    rounds.append(f"{label} {'download' if d == 'down' else 'upload'} "
+                                  + " ".join(f"{c:.2f}" for c in r["cpus"]))
+        if rounds:
+            w("Server CPU s/GiB of each round, in run order: " + "; ".join(rounds) + ".")
+            w("")
 
     m = lambda r: med(r["rates"]) if r and r.get("rates") else None  # noqa: E731
     c2 = R.get("case2")
