@@ -137,11 +137,8 @@ pub const CHACHA20_POLY1305: &str = uftpd_chacha20poly1305::NAME;
 pub const FEAT_COMPRESS_ZSTD: &str = "COMPRESS zstd";
 
 /// The zlib level the client compresses gzip streams with unless told
-/// otherwise: 1, as uftpd's GZIP_LEVEL default, because on-the-fly
-/// compression is about throughput (level 6, the Java client's, costs
-/// about twice the CPU for 1.55:1 instead of 1.31:1 on semi-compressible
-/// data). Readers accept every level.
-pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+/// otherwise, the same as the server's GZIP_LEVEL default.
+pub use uftp_datachannel::DEFAULT_GZIP_LEVEL;
 
 /// Client settings for one session. `Debug` shows the key's length only.
 #[derive(Clone)]

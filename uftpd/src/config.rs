@@ -45,10 +45,8 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "PLUGINS",
 ];
 
-/// Default gzip level of compressed data channels: on-the-fly compression
-/// is about throughput, and level 1 compresses several times faster than
-/// 6 for a few percent less ratio (UFTPD 3.x used zlib's default, 6).
-pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+/// Default of GZIP_LEVEL (see the constant it names).
+pub const DEFAULT_GZIP_LEVEL: u32 = uftp_datachannel::DEFAULT_GZIP_LEVEL;
 
 /// Default of USER_CACHE_SECONDS: short against the caches of nscd and
 /// sssd, long enough that a burst of requests for one user costs one lookup.
