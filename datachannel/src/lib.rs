@@ -21,8 +21,8 @@
 //! while the previous one is being sent (module `offload`;
 //! [`ChannelOptions::socket_threads`]). An error on any stream stops all
 //! of them (their sockets are shut down) and comes back to the caller as
-//! an `io::Error` naming the stream. Set socket timeouts on the `TcpStream`s to bound how long a
-//! silent peer can stall a transfer.
+//! an `io::Error` naming the stream. Set socket timeouts on the
+//! `TcpStream`s to bound how long a silent peer can stall a transfer.
 //!
 //! # Example
 //!

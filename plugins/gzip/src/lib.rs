@@ -22,12 +22,12 @@
 //!
 //! Options: `level` = 0..=9 (zlib compression level), default
 //! [`DEFAULT_LEVEL`] (6, as Java's and Python's defaults); `threads` =
-//! 1..=[`codec_api::MAX_THREADS`] (64), how many threads compress ONE stream (default
-//! [`codec_api::default_threads`]: the machine's cores, at most 4). With more than one
-//! the member is cut into 256 KiB pieces compressed in parallel, each primed
-//! with the 32 KiB before it and ended by a sync flush (the technique of
-//! pigz, see `src/parallel.rs`); the wire format is the same single member,
-//! readers cannot tell.
+//! 1..=[`codec_api::MAX_THREADS`] (64), how many threads compress ONE
+//! stream (default [`codec_api::default_threads`]: the machine's cores, at
+//! most 4). With more than one the member is cut into 256 KiB pieces
+//! compressed in parallel, each primed with the 32 KiB before it and ended
+//! by a sync flush (the technique of pigz, see `src/parallel.rs`); the wire
+//! format is the same single member, readers cannot tell.
 //!
 //! ```
 //! use std::io::{Read, Write};

@@ -23,10 +23,11 @@
 //!   level up to 19 stays within that.
 //!
 //! Options: `level` = [`MIN_LEVEL`]..=[`MAX_LEVEL`] (negative levels are
-//! zstd's fast modes), default [`DEFAULT_LEVEL`] (1); `threads` = 1..=[`codec_api::MAX_THREADS`] (64),
-//! how many threads compress ONE stream (zstd's own multi-threaded mode,
-//! still one frame; default [`codec_api::default_threads`]: the machine's
-//! cores, at most 4). With one thread the caller compresses.
+//! zstd's fast modes), default [`DEFAULT_LEVEL`] (1); `threads` =
+//! 1..=[`codec_api::MAX_THREADS`] (64), how many threads compress ONE
+//! stream (zstd's own multi-threaded mode, still one frame; default
+//! [`codec_api::default_threads`]: the machine's cores, at most 4). With
+//! one thread the caller compresses.
 //!
 //! ```
 //! use std::io::{Read, Write};
