@@ -4,10 +4,13 @@
     bench/profile.py [--tool perf|callgrind|strace] [--streams N]
                      [--codec plain|Blowfish|AES-128|AES-256|gzip|gzip+AES-128|zstd|ChaCha20-Poly1305]
                      [--dir down|up] [--mib SIZE] [--client curl|uftpc]
+                     [--side server|client]
 
 Starts uftpd (UFTPD_BIN, default target/release/uftpd) under the tool, with
 the session processes followed, runs one transfer with uftpc (UFTPC_BIN) or
-curl, stops the daemon and prints the report:
+curl, stops the daemon and prints the report. With `--side client` the
+daemon runs plainly and the client runs under the tool instead (where a
+transfer is bound by the client on the same cores):
 
 - perf: `perf record -e cpu-clock` (software clock: works where hardware
   counters do not), then the top symbols of the session process;
@@ -40,6 +43,7 @@ def main():
     ap.add_argument("--dir", default="down", choices=["down", "up"])
     ap.add_argument("--mib", type=int, default=0, help="file size (default 1024, callgrind 64)")
     ap.add_argument("--client", default="uftpc", choices=["uftpc", "curl"])
+    ap.add_argument("--side", default="server", choices=["server", "client"])
     ap.add_argument("--lines", type=int, default=45)
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -72,20 +76,22 @@ def main():
         D.make_semi(src, size)
     os.chmod(src, 0o644)
     case = f"{a.codec}-{a.streams}-{a.dir}-{a.client}"
+    if a.side == "client":
+        case += "-client"
     out = pathlib.Path(f"/tmp/uftpd-prof-{a.tool}-{case}")
     srv = D.Uftpd(env)
     conf = env.work / "uftpd.conf"
     conf.write_text("".join(f'export {k}="{v}"\n' for k, v in srv.config().items()))
     daemon = [env.uftpd_bin, "--config", str(conf)]
     if a.tool == "perf":
-        wrap = ["perf", "record", "-e", "cpu-clock", "-F", "4000", "-g", "-o", f"{out}.data", "--"]
+        wrap = ["perf", "record", "-e", "cpu-clock", "-F", "4000", "--call-graph", os.environ.get("PERF_CALLGRAPH", "fp"), "-o", f"{out}.data", "--"]
     elif a.tool == "callgrind":
         wrap = ["valgrind", "--tool=callgrind", "--trace-children=yes",
                 f"--callgrind-out-file={out}.%p.out"]
     else:
         wrap = ["strace", "-f", "-c", "-o", f"{out}.strace"]
     logf = open(env.work / "uftpd.log", "wb")
-    proc = subprocess.Popen(wrap + daemon, cwd=env.work, stdout=logf, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen((wrap if a.side == "server" else []) + daemon, cwd=env.work, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
     srv.proc = proc
     try:
@@ -111,6 +117,8 @@ def main():
         else:
             argv = D.uftpc(srv, secret, ["get", "f.bin", "/dev/null"] if a.dir == "down"
                            else ["put", str(src), "up.bin"], **kw)
+        if a.side == "client":
+            argv = wrap + argv
         t0 = time.monotonic()
         r = subprocess.run(argv, capture_output=True, text=True)
         wall = time.monotonic() - t0
