@@ -559,3 +559,49 @@ def test_compress_threads_still_make_one_zstd_frame(daemon_factory, site_factory
             _, got, r226 = dc.retr(c, "big.bin", n, stack)
             assert r226.code == 226
             assert got == data, f"{stack} over {n} streams with {threads} threads"
+
+
+# ---------------------------------------------------------------- CHACHA20_ENGINE
+@pytest.mark.parametrize("engine", ["ring", "libcrypto"])
+def test_chacha_engine_setting_keeps_the_wire_format(daemon_factory, site_factory, uftpc,
+                                                     tmp_path, engine):
+    """CHACHA20_ENGINE chooses the server's implementation (ring, or the
+    system's OpenSSL libcrypto, which the `openssl` package brings); the
+    records are the same: the independent Python codec and uftpc (which uses
+    libcrypto when it loads) read and write them, 1 and 2 streams, and
+    check-config names the engine."""
+    d = daemon_factory(name=f"uftpd CHACHA20_ENGINE={engine}", CHACHA20_ENGINE=engine,
+                       **dc.CODEC_CONFIG)
+    s = site_factory(daemon=d)
+    stack = ExtStack(chacha=True)
+    data = s.put("e.bin", payload())
+    c = s.control(**stack.request_fields())
+    for n in (1, 2):
+        _, got, r226 = dc.retr(c, "e.bin", n, stack)
+        assert r226.code == 226 and got == data, f"{engine}, {n} streams: download differs"
+        up = payload(SIZE - 7 * n)
+        _, final = dc.stor(c, f"p{n}.bin", up, n, stack)
+        assert final.code == 226, final
+        assert s.path(f"p{n}.bin").read_bytes() == up
+    secret = s.announce_ok(persistent="true", **stack.request_fields())
+    for n in (1, 2):
+        out = tmp_path / f"u{n}.bin"
+        run_uftpc(uftpc, s, secret, n, stack.uftpc_args(), "get", "e.bin", str(out))
+        assert out.read_bytes() == data
+        run_uftpc(uftpc, s, secret, n, stack.uftpc_args(), "put", str(out), f"c{n}.bin")
+        assert s.path(f"c{n}.bin").read_bytes() == data
+    conf = tmp_path / "check.conf"
+    conf.write_text(f"export CHACHA20_ENGINE={engine}\nexport SERVER_PORT=1\n")
+    r = subprocess.run([str(uftpd_bin()), "check-config", "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    want = "runs on ring" if engine == "ring" else "runs on libcrypto (OpenSSL"
+    assert want in r.stdout, r.stdout + r.stderr
+
+
+def test_chacha_engine_unknown_value_stops_the_daemon(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text("export CHACHA20_ENGINE=fastest\n")
+    r = subprocess.run([str(uftpd_bin()), "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "CHACHA20_ENGINE" in r.stderr + r.stdout and "auto, ring or libcrypto" in r.stderr + r.stdout

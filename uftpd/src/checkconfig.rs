@@ -359,6 +359,20 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
             )
         },
     );
+    match cfg.chacha_engine.describe() {
+        Ok(engine) => r.info(
+            SESSIONS,
+            format!(
+                "ChaCha20-Poly1305 (extension codec) runs on {engine} (CHACHA20_ENGINE={})",
+                cfg.chacha_engine
+            ),
+        ),
+        // Config::load refuses this already; kept for a changed machine.
+        Err(why) => r.warn(
+            SESSIONS,
+            format!("CHACHA20_ENGINE=libcrypto, but libcrypto cannot be used: {why}"),
+        ),
+    }
     r.info(
         SESSIONS,
         format!(

@@ -40,6 +40,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "USER_CACHE_SECONDS",
     "GZIP_LEVEL",
     "COMPRESS_THREADS",
+    "CHACHA20_ENGINE",
     "STORAGE_BACKEND",
     "CMD_AUTHORIZER",
     "PLUGINS",
@@ -139,6 +140,10 @@ pub struct Config {
     /// Threads compressing one gzip or zstd stream (1-64); `None`: the
     /// machine's cores, at most 4 (the codecs' default).
     pub compress_threads: Option<u32>,
+    /// Implementation of the ChaCha20-Poly1305 extension codec
+    /// (CHACHA20_ENGINE: auto, ring or libcrypto; the wire format is the
+    /// same).
+    pub chacha_engine: uftpd_chacha20poly1305::Engine,
     /// The file the configuration came from, if any.
     pub source: Option<PathBuf>,
     /// Names set in the file that uftpd does not use.
@@ -438,6 +443,23 @@ impl Config {
                     )
                 })
                 .transpose()?,
+            chacha_engine: match get("CHACHA20_ENGINE") {
+                Some(v) => {
+                    let engine: uftpd_chacha20poly1305::Engine =
+                        v.parse().map_err(|e: String| ConfigError::Invalid {
+                            name: "CHACHA20_ENGINE",
+                            value: v.to_string(),
+                            reason: e,
+                        })?;
+                    engine.describe().map_err(|why| ConfigError::Invalid {
+                        name: "CHACHA20_ENGINE",
+                        value: v.to_string(),
+                        reason: format!("OpenSSL's libcrypto cannot be used: {why}"),
+                    })?;
+                    engine
+                }
+                None => uftpd_chacha20poly1305::Engine::Auto,
+            },
             request_lifetime: Duration::from_secs(match get("REQUEST_LIFETIME") {
                 Some(v) => parse_num("REQUEST_LIFETIME", v, 1.., "expected seconds >= 1")?,
                 None => 300,
@@ -535,6 +557,20 @@ mod tests {
         assert_eq!(c.user_cache, Duration::from_secs(30));
         let c = load("export USER_CACHE_SECONDS=0\n", &[]).expect("load");
         assert_eq!(c.user_cache, Duration::ZERO);
+        use uftpd_chacha20poly1305::Engine;
+        assert_eq!(c.chacha_engine, Engine::Auto);
+        let c = load("export CHACHA20_ENGINE=Ring\n", &[]).expect("load");
+        assert_eq!(c.chacha_engine, Engine::Ring);
+        // libcrypto: accepted where it loads (CI installs OpenSSL), else
+        // refused at start-up with the reason
+        match (
+            load("export CHACHA20_ENGINE=libcrypto\n", &[]),
+            Engine::Libcrypto.describe(),
+        ) {
+            (Ok(c), Ok(_)) => assert_eq!(c.chacha_engine, Engine::Libcrypto),
+            (Err(e), Err(why)) => assert!(e.to_string().contains(&why), "{e}"),
+            (c, d) => panic!("config {c:?} but engine {d:?}"),
+        }
     }
 
     #[test]
@@ -580,6 +616,7 @@ mod tests {
             ("export COMPRESS_THREADS=65", "COMPRESS_THREADS"),
             ("export USER_CACHE_SECONDS=-1", "USER_CACHE_SECONDS"),
             ("export USER_CACHE_SECONDS=86401", "USER_CACHE_SECONDS"),
+            ("export CHACHA20_ENGINE=fastest", "CHACHA20_ENGINE"),
             (
                 "export ADVERTISE_HOST=no.such.host.invalid",
                 "ADVERTISE_HOST",

@@ -52,6 +52,9 @@ pub struct SessionSettings {
     /// Threads per compressed stream, gzip and zstd (COMPRESS_THREADS; `None`: the codec's default).
     #[serde(default)]
     pub compress_threads: Option<u32>,
+    /// ChaCha20-Poly1305 engine (CHACHA20_ENGINE: auto, ring, libcrypto).
+    #[serde(default = "auto_engine")]
+    pub chacha_engine: String,
     /// Storage backend plugin name.
     pub storage_backend: String,
     /// Dynamic plugin libraries (PLUGINS), loaded by the session process
@@ -60,6 +63,10 @@ pub struct SessionSettings {
     pub plugins: Vec<std::path::PathBuf>,
     /// Config variables from the file, for plugin settings.
     pub file_vars: std::collections::BTreeMap<String, String>,
+}
+
+fn auto_engine() -> String {
+    uftpd_chacha20poly1305::Engine::Auto.to_string()
 }
 
 impl SessionSettings {
@@ -78,6 +85,7 @@ impl SessionSettings {
             switch_user,
             gzip_level: c.gzip_level,
             compress_threads: c.compress_threads,
+            chacha_engine: c.chacha_engine.to_string(),
             storage_backend: c.storage_backend.clone(),
             plugins: c.plugins.clone(),
             file_vars: c.effective_file_vars(),

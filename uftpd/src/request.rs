@@ -234,22 +234,47 @@ pub fn parse_client_ip(s: &str) -> Option<IpAddr> {
     s.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
+/// Server settings that shape a session's codec stack.
+#[derive(Debug, Clone, Copy)]
+pub struct CodecSettings<'a> {
+    /// zlib level of gzip streams (the wire format is the same at every
+    /// level).
+    pub gzip_level: u32,
+    /// Threads compressing one gzip or zstd stream (`None`: the codec's
+    /// default).
+    pub compress_threads: Option<u32>,
+    /// The ChaCha20-Poly1305 codec's `engine` option (auto, ring,
+    /// libcrypto).
+    pub chacha_engine: &'a str,
+}
+
+impl Default for CodecSettings<'_> {
+    fn default() -> Self {
+        CodecSettings {
+            gzip_level: crate::config::DEFAULT_GZIP_LEVEL,
+            compress_threads: None,
+            chacha_engine: "auto",
+        }
+    }
+}
+
 impl TransferRequest {
     /// The codec stack of the data channel (encryption, compression), built
-    /// and validated from the request's key/algo/compress; gzip compresses
-    /// at `gzip_level` (the wire format is the same at every level) with
-    /// `compress_threads` threads per stream (`None`: the codec's default), zstd
-    /// at its default level 1 with the same threads.
+    /// and validated from the request's key/algo/compress with the server's
+    /// `settings`; zstd compresses at its default level 1 with the same
+    /// threads as gzip.
     pub fn codec_stack(
         &self,
-        gzip_level: u32,
-        compress_threads: Option<u32>,
+        settings: &CodecSettings<'_>,
     ) -> Result<uftp_datachannel::CodecStack, String> {
         use uftp_datachannel::{CodecParams, CodecStack};
         let stack = match &self.key {
             Some(k) if k.algo == CipherAlgo::ChaCha20Poly1305 => CodecStack::plain().with(
                 uftpd_chacha20poly1305::NAME,
-                CodecParams::new().with_key(k.bytes.clone()),
+                CodecParams::new().with_key(k.bytes.clone()).with_option(
+                    uftpd_chacha20poly1305::ENGINE_OPTION,
+                    settings.chacha_engine,
+                ),
             ),
             key => {
                 let algo = key.as_ref().map(|k| k.algo.to_string());
@@ -261,7 +286,7 @@ impl TransferRequest {
             }
         }
         .map_err(|e| e.to_string())?;
-        let with_threads = |params: CodecParams| match compress_threads {
+        let with_threads = |params: CodecParams| match settings.compress_threads {
             Some(n) => params.with_option("threads", n.to_string()),
             None => params,
         };
@@ -269,7 +294,9 @@ impl TransferRequest {
             Compression::None => Ok(stack),
             Compression::Gzip => stack.with(
                 "gzip",
-                with_threads(CodecParams::new().with_option("level", gzip_level.to_string())),
+                with_threads(
+                    CodecParams::new().with_option("level", settings.gzip_level.to_string()),
+                ),
             ),
             Compression::Zstd => stack.with(uftpd_zstd::NAME, with_threads(CodecParams::new())),
         }
@@ -375,7 +402,7 @@ pub fn parse_transfer(m: &HashMap<String, String>) -> Result<TransferRequest, St
         access,
     };
     // A key of the wrong length is refused now, not at transfer time.
-    request.codec_stack(crate::config::DEFAULT_GZIP_LEVEL, None)?;
+    request.codec_stack(&CodecSettings::default())?;
     Ok(request)
 }
 
@@ -498,7 +525,13 @@ mod tests {
         assert_eq!(r.key.as_ref().map(|k| k.algo), Some(CipherAlgo::Aes));
 
         // the stacks, outermost first
-        let stack = |r: &TransferRequest| r.codec_stack(6, None).expect("stack").describe();
+        let stack = |r: &TransferRequest| {
+            let six = CodecSettings {
+                gzip_level: 6,
+                ..CodecSettings::default()
+            };
+            r.codec_stack(&six).expect("stack").describe()
+        };
         let r = req(&[
             ("key", &k32),
             ("algo", "CHACHA20-POLY1305"),

@@ -37,7 +37,7 @@ use storage_api::{Identity, Storage, StorageError, StorageSpec};
 use uftp_datachannel::CodecStack;
 
 use crate::handover::{SessionJob, SessionSettings, receive_session};
-use crate::request::{AccessLevel, TransferRequest};
+use crate::request::{AccessLevel, CodecSettings, TransferRequest};
 use control::{Control, Line};
 use data::DataChannel;
 use paths::PatternSet;
@@ -416,7 +416,11 @@ impl Session {
             .stream()
             .peer_addr()
             .map_err(|e| format!("control connection: {e}"))?;
-        let stack = request.codec_stack(settings.gzip_level, settings.compress_threads)?;
+        let stack = request.codec_stack(&CodecSettings {
+            gzip_level: settings.gzip_level,
+            compress_threads: settings.compress_threads,
+            chacha_engine: &settings.chacha_engine,
+        })?;
         let mut data = DataChannel::new(local, peer, settings.port_range);
         data.streams = (request.streams.min(settings.max_streams) as usize).max(1);
         let opts = Options {
