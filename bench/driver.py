@@ -720,6 +720,19 @@ def make_semi(path, size):
             left -= len(block)
 
 
+def uftpd_engines(uftpd_bin):
+    """What uftpd's codecs run on here (from `uftpd check-config`): the
+    gzip and ChaCha20-Poly1305 engines depend on libraries the machine has
+    (ISA-L, OpenSSL's libcrypto)."""
+    try:
+        r = subprocess.run([uftpd_bin, "check-config", "--config", "/dev/null"],
+                           capture_output=True, text=True, timeout=30, cwd="/")
+    except (OSError, subprocess.SubprocessError) as e:
+        return [f"check-config failed: {e}"]
+    return [ln.strip() for ln in r.stdout.splitlines()
+            if "compressed by" in ln or "runs on" in ln]
+
+
 def machine_info():
     info = {"nproc": os.cpu_count(), "kernel": platform.release()}
     try:
@@ -1563,6 +1576,10 @@ def write_report(env, R, path):
       f"vsftpd {'`' + env.vsftpd_bin + '`' if env.vsftpd_bin else 'not run'}; "
       f"uftpd `{env.uftpd_bin}`, client `{env.uftpc_bin}`).")
     w("")
+    if R.get("engines"):
+        w("uftpd's codec engines on this machine (`uftpd check-config`; `uftpc` picks the same): "
+          + "; ".join(R["engines"]) + ".")
+        w("")
     w(f"Files in {env.bench_dir} (tmpfs): plain {env.big_size >> 20} MiB random, codecs "
       f"{env.codec_size >> 20} MiB semi-compressible (gzip -6 ratio "
       f"{fmt((lim(R, 'gzip') or {}).get('ratio'), 2)}), repetitions {env.reps} "
@@ -1990,7 +2007,8 @@ def main():
     if not CG_ROOT:
         log("no writable cgroup: server CPU is summed over its live process tree")
     R = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-         "command": a.command.strip(), "machine": machine_info(), "load": {}}
+         "command": a.command.strip(), "machine": machine_info(), "load": {},
+         "engines": uftpd_engines(env.uftpd_bin)}
     try:
         rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                              capture_output=True, text=True, timeout=10).stdout.strip()

@@ -25,7 +25,7 @@ import pytest
 
 from conftest import use_daemon
 from helpers import datacodec as dc
-from helpers.daemon import LOOPBACK, REPO
+from helpers.daemon import LOOPBACK, REPO, uftpd_bin
 
 MAX_STREAMS = dc.CODEC_CONFIG["MAX_STREAMS"]
 STREAMS = list(range(1, MAX_STREAMS + 1))
@@ -427,6 +427,39 @@ def test_compress_threads_still_make_one_gzip_member(daemon_factory, site_factor
             _, got, r226 = dc.retr(c, "big.bin", n, stack)
             assert r226.code == 226
             assert got == data, f"{stack} over {n} streams with {threads} threads"
+
+
+# ---------------------------------------------------------------- GZIP_ENGINE
+@pytest.mark.parametrize("engine,level", [("zlib", "1"), ("isal", "1"), ("isal", "3"),
+                                          ("auto", "6")])
+def test_gzip_engine_makes_the_same_format(daemon_factory, site_factory, engine, level):
+    """GZIP_ENGINE picks the server's deflate (zlib-rs, or ISA-L from the
+    `libisal2` package, for levels 1-3); whichever compresses, Python's
+    zlib (wbits=31, strict) reads one member with every byte, plain and
+    inside AES, over one and two streams, also with COMPRESS_THREADS=1
+    (ISA-L then compresses in the stream's own thread); uploads compressed
+    by Python land byte for byte; check-config names the engine."""
+    d = daemon_factory(name=f"uftpd GZIP_ENGINE={engine} GZIP_LEVEL={level}",
+                       GZIP_ENGINE=engine, GZIP_LEVEL=level, COMPRESS_THREADS="1",
+                       **dc.CODEC_CONFIG)
+    s = site_factory(daemon=d)
+    data = s.put("big.bin", payload(700_000))
+    for enc in ("plain", "AES128"):
+        stack = make_stack(enc, True)
+        c = s.control(**stack.request_fields())
+        for n in (1, 2):
+            _, got, r226 = dc.retr(c, "big.bin", n, stack)
+            assert r226.code == 226
+            assert got == data, f"{stack} over {n} streams, {engine} level {level}"
+            _, final = dc.stor(c, f"up{n}.bin", data, n, stack)
+            assert final.code == 226, final
+            assert s.path(f"up{n}.bin").read_bytes() == data
+    r = subprocess.run([str(uftpd_bin()), "check-config", "--config", str(d.config_file)],
+                       capture_output=True, text=True, timeout=60)
+    want = {"zlib": f"compressed by zlib-rs level {level}",
+            "isal": f"compressed by ISA-L (libisal.so.2) level {level}",
+            "auto": f"compressed by zlib-rs level {level}"}[engine]
+    assert want in r.stdout, r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------- a file that shrinks

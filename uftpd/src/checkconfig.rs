@@ -359,6 +359,20 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
             )
         },
     );
+    match cfg.gzip_engine.describe(cfg.gzip_level) {
+        Ok(engine) => r.info(
+            SESSIONS,
+            format!(
+                "gzip downloads are compressed by {engine} (GZIP_ENGINE={}, GZIP_LEVEL)",
+                cfg.gzip_engine
+            ),
+        ),
+        // Config::load refuses this already; kept for a changed machine.
+        Err(why) => r.warn(
+            SESSIONS,
+            format!("GZIP_ENGINE=isal, but ISA-L cannot be used: {why}"),
+        ),
+    }
     match cfg.chacha_engine.describe() {
         Ok(engine) => r.info(
             SESSIONS,

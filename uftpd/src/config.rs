@@ -41,6 +41,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "GZIP_LEVEL",
     "COMPRESS_THREADS",
     "CHACHA20_ENGINE",
+    "GZIP_ENGINE",
     "STORAGE_BACKEND",
     "CMD_AUTHORIZER",
     "PLUGINS",
@@ -140,6 +141,9 @@ pub struct Config {
     /// Threads compressing one gzip or zstd stream (1-64); `None`: the
     /// machine's cores, at most 4 (the codecs' default).
     pub compress_threads: Option<u32>,
+    /// Deflate implementation of gzip downloads (GZIP_ENGINE: auto, zlib
+    /// or isal; the wire format is the same).
+    pub gzip_engine: uftpd_gzip::Engine,
     /// Implementation of the ChaCha20-Poly1305 extension codec
     /// (CHACHA20_ENGINE: auto, ring or libcrypto; the wire format is the
     /// same).
@@ -443,6 +447,21 @@ impl Config {
                     )
                 })
                 .transpose()?,
+            gzip_engine: match get("GZIP_ENGINE") {
+                Some(v) => {
+                    let invalid = |reason: String| ConfigError::Invalid {
+                        name: "GZIP_ENGINE",
+                        value: v.to_string(),
+                        reason,
+                    };
+                    let engine: uftpd_gzip::Engine = v.parse().map_err(invalid)?;
+                    engine
+                        .describe(1)
+                        .map_err(|why| invalid(format!("ISA-L cannot be used: {why}")))?;
+                    engine
+                }
+                None => uftpd_gzip::Engine::Auto,
+            },
             chacha_engine: match get("CHACHA20_ENGINE") {
                 Some(v) => {
                     let engine: uftpd_chacha20poly1305::Engine =
@@ -559,6 +578,17 @@ mod tests {
         assert_eq!(c.user_cache, Duration::ZERO);
         use uftpd_chacha20poly1305::Engine;
         assert_eq!(c.chacha_engine, Engine::Auto);
+        assert_eq!(c.gzip_engine, uftpd_gzip::Engine::Auto);
+        let c = load("export GZIP_ENGINE=zlib\n", &[]).expect("load");
+        assert_eq!(c.gzip_engine, uftpd_gzip::Engine::Zlib);
+        match (
+            load("export GZIP_ENGINE=isal\n", &[]),
+            uftpd_gzip::Engine::Isal.describe(1),
+        ) {
+            (Ok(c), Ok(_)) => assert_eq!(c.gzip_engine, uftpd_gzip::Engine::Isal),
+            (Err(e), Err(why)) => assert!(e.to_string().contains(&why), "{e}"),
+            (c, d) => panic!("config {c:?} but engine {d:?}"),
+        }
         let c = load("export CHACHA20_ENGINE=Ring\n", &[]).expect("load");
         assert_eq!(c.chacha_engine, Engine::Ring);
         // libcrypto: accepted where it loads (CI installs OpenSSL), else
@@ -617,6 +647,7 @@ mod tests {
             ("export USER_CACHE_SECONDS=-1", "USER_CACHE_SECONDS"),
             ("export USER_CACHE_SECONDS=86401", "USER_CACHE_SECONDS"),
             ("export CHACHA20_ENGINE=fastest", "CHACHA20_ENGINE"),
+            ("export GZIP_ENGINE=pigz", "GZIP_ENGINE"),
             (
                 "export ADVERTISE_HOST=no.such.host.invalid",
                 "ADVERTISE_HOST",

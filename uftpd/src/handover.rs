@@ -52,6 +52,9 @@ pub struct SessionSettings {
     /// Threads per compressed stream, gzip and zstd (COMPRESS_THREADS; `None`: the codec's default).
     #[serde(default)]
     pub compress_threads: Option<u32>,
+    /// gzip engine (GZIP_ENGINE: auto, zlib, isal).
+    #[serde(default = "auto_engine")]
+    pub gzip_engine: String,
     /// ChaCha20-Poly1305 engine (CHACHA20_ENGINE: auto, ring, libcrypto).
     #[serde(default = "auto_engine")]
     pub chacha_engine: String,
@@ -66,7 +69,7 @@ pub struct SessionSettings {
 }
 
 fn auto_engine() -> String {
-    uftpd_chacha20poly1305::Engine::Auto.to_string()
+    "auto".to_string()
 }
 
 impl SessionSettings {
@@ -85,6 +88,7 @@ impl SessionSettings {
             switch_user,
             gzip_level: c.gzip_level,
             compress_threads: c.compress_threads,
+            gzip_engine: c.gzip_engine.to_string(),
             chacha_engine: c.chacha_engine.to_string(),
             storage_backend: c.storage_backend.clone(),
             plugins: c.plugins.clone(),

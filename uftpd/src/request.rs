@@ -243,6 +243,8 @@ pub struct CodecSettings<'a> {
     /// Threads compressing one gzip or zstd stream (`None`: the codec's
     /// default).
     pub compress_threads: Option<u32>,
+    /// The gzip codec's `engine` option (auto, zlib, isal).
+    pub gzip_engine: &'a str,
     /// The ChaCha20-Poly1305 codec's `engine` option (auto, ring,
     /// libcrypto).
     pub chacha_engine: &'a str,
@@ -253,6 +255,7 @@ impl Default for CodecSettings<'_> {
         CodecSettings {
             gzip_level: crate::config::DEFAULT_GZIP_LEVEL,
             compress_threads: None,
+            gzip_engine: "auto",
             chacha_engine: "auto",
         }
     }
@@ -295,7 +298,9 @@ impl TransferRequest {
             Compression::Gzip => stack.with(
                 "gzip",
                 with_threads(
-                    CodecParams::new().with_option("level", settings.gzip_level.to_string()),
+                    CodecParams::new()
+                        .with_option("level", settings.gzip_level.to_string())
+                        .with_option(uftpd_gzip::ENGINE_OPTION, settings.gzip_engine),
                 ),
             ),
             Compression::Zstd => stack.with(uftpd_zstd::NAME, with_threads(CodecParams::new())),

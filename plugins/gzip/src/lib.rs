@@ -27,7 +27,12 @@
 //! most 4). With more than one the member is cut into 256 KiB pieces
 //! compressed in parallel, each primed with the 32 KiB before it and ended
 //! by a sync flush (the technique of pigz, see `src/parallel.rs`); the wire
-//! format is the same single member, readers cannot tell.
+//! format is the same single member, readers cannot tell. `engine` =
+//! `auto` | `zlib` | `isal` ([`ENGINE_OPTION`]): levels 1-3 are compressed
+//! by Intel's ISA-L when the system has `libisal.so.2` (loaded at run time
+//! and self-tested, see `src/isal.rs`; several times faster than zlib at
+//! those levels), by zlib-rs otherwise; ISA-L goes through the same piece
+//! writer, in the stream's own thread with `threads` = 1.
 //!
 //! ```
 //! use std::io::{Read, Write};
@@ -53,6 +58,7 @@
 //! # Ok(()) }
 //! ```
 
+mod isal;
 mod parallel;
 
 use std::io::{self, Read, Write};
@@ -96,6 +102,87 @@ pub fn level(params: &CodecParams) -> Result<u32, CodecError> {
     params.int_option(NAME, "level", 0..=9, DEFAULT_LEVEL)
 }
 
+/// Codec option that chooses the deflate implementation of the encoder
+/// (the wire format is the same): `auto` (the default: ISA-L for levels
+/// 1-3 where the system has a usable `libisal.so.2`, zlib-rs otherwise),
+/// `zlib`, or `isal` (an error where ISA-L cannot be used). Levels 0 and
+/// 4-9 always use zlib-rs. Decoding always uses zlib-rs.
+pub const ENGINE_OPTION: &str = "engine";
+
+/// A deflate implementation for the encoder (see [`ENGINE_OPTION`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// ISA-L for levels 1-3 when it loads and passes its self-test, else
+    /// zlib-rs.
+    Auto,
+    /// zlib-rs (linked in).
+    Zlib,
+    /// Intel's ISA-L (`libisal.so.2`), loaded at run time, for levels 1-3.
+    Isal,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(Engine::Auto),
+            "zlib" => Ok(Engine::Zlib),
+            "isal" | "isa-l" => Ok(Engine::Isal),
+            _ => Err(format!("unknown engine '{s}': expected auto, zlib or isal")),
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Auto => "auto",
+            Engine::Zlib => "zlib",
+            Engine::Isal => "isal",
+        })
+    }
+}
+
+impl Engine {
+    /// What `self` compresses `level` with on this machine, for admins
+    /// (`uftpd check-config`): e.g. `ISA-L (libisal.so.2) level 1` or
+    /// `zlib-rs level 1 (ISA-L: no ISA-L (...))`; `Err` if `self` is
+    /// [`Engine::Isal`] and ISA-L cannot be used.
+    pub fn describe(self, level: u32) -> Result<String, String> {
+        let zlib = format!("zlib-rs level {level}");
+        if self == Engine::Zlib {
+            return Ok(zlib);
+        }
+        match isal::load() {
+            Ok(_) if isal::LEVELS.contains(&level) => {
+                Ok(format!("ISA-L (libisal.so.2) level {level}"))
+            }
+            Ok(_) => Ok(format!("{zlib} (ISA-L has levels 1-3 only)")),
+            Err(why) if self == Engine::Isal => Err(why.to_string()),
+            Err(why) => Ok(format!("{zlib} (ISA-L: {why})")),
+        }
+    }
+}
+
+/// Reads the `engine` option ([`ENGINE_OPTION`], default `auto`).
+pub fn engine(params: &CodecParams) -> Result<Engine, CodecError> {
+    let Some(v) = params.option(ENGINE_OPTION) else {
+        return Ok(Engine::Auto);
+    };
+    let invalid = |reason: String| CodecError::InvalidOption {
+        codec: NAME,
+        name: ENGINE_OPTION.into(),
+        value: v.into(),
+        reason,
+    };
+    let e: Engine = v.parse().map_err(invalid)?;
+    if e == Engine::Isal {
+        isal::load().map_err(|why| invalid(why.to_string()))?;
+    }
+    Ok(e)
+}
+
 /// Reads the `threads` option (1..=[`codec_api::MAX_THREADS`], default
 /// [`codec_api::default_threads`]).
 pub fn threads(params: &CodecParams) -> Result<usize, CodecError> {
@@ -113,6 +200,7 @@ impl StreamCodec for Gzip {
 
     fn validate(&self, params: &CodecParams) -> Result<(), CodecError> {
         level(params)?;
+        engine(params)?;
         threads(params).map(|_| ())
     }
 
@@ -121,13 +209,25 @@ impl StreamCodec for Gzip {
         params: &CodecParams,
         inner: Box<dyn EncodeWriter + 'a>,
     ) -> Result<Box<dyn EncodeWriter + 'a>, CodecError> {
-        let level = Compression::new(level(params)?);
-        match threads(params)? {
-            1 => Ok(Box::new(GzipWriter {
-                inner: flate2::write::GzEncoder::new(inner, level),
-            })),
-            n => Ok(Box::new(parallel::ParallelGzipWriter::new(inner, level, n))),
+        let level = level(params)?;
+        let threads = threads(params)?;
+        let isal = match engine(params)? {
+            Engine::Zlib => None,
+            Engine::Auto | Engine::Isal => isal::load().ok(),
         }
+        .filter(|_| isal::LEVELS.contains(&level));
+        let spec = match isal {
+            Some(api) => parallel::EngineSpec::Isal(api, level),
+            None if threads == 1 => {
+                return Ok(Box::new(GzipWriter {
+                    inner: flate2::write::GzEncoder::new(inner, Compression::new(level)),
+                }));
+            }
+            None => parallel::EngineSpec::Zlib(Compression::new(level)),
+        };
+        Ok(Box::new(parallel::ParallelGzipWriter::new(
+            inner, spec, threads,
+        )?))
     }
 
     fn decoder<'a>(
@@ -442,6 +542,116 @@ mod tests {
         {
             let e = decode(&wire[..cut]).expect_err("truncated");
             assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}: {e}");
+        }
+    }
+
+    /// Both engines; ISA-L must load here (CI installs `libisal2`) unless
+    /// UFTPD_TEST_WITHOUT_ISAL=1 says to test zlib-rs alone.
+    fn engines() -> Vec<Engine> {
+        match Engine::Isal.describe(1) {
+            Ok(_) => vec![Engine::Zlib, Engine::Isal],
+            Err(why) if std::env::var_os("UFTPD_TEST_WITHOUT_ISAL").is_some() => {
+                eprintln!("testing zlib-rs only: {why}");
+                vec![Engine::Zlib]
+            }
+            Err(why) => panic!(
+                "ISA-L engine unusable: {why} (install libisal2, or set UFTPD_TEST_WITHOUT_ISAL=1)"
+            ),
+        }
+    }
+
+    #[test]
+    fn every_engine_makes_one_standard_member() {
+        // Each engine, at levels 0-3 and 6, with 1 and 3 threads, with and
+        // without sync flushes in between: one member that a one-member
+        // decoder (Python's zlib with wbits=31 reads this way) and our
+        // decoder read back, and that `gzip -d` reads where it is installed.
+        let piece = parallel::PIECE;
+        let data = mixed(2 * piece + 4321);
+        for engine in engines() {
+            for (level, threads, len, flush) in [
+                ("1", "1", data.len(), None),
+                ("1", "3", data.len(), None),
+                ("2", "1", piece + 1, None),
+                ("3", "3", data.len(), Some(70_000)),
+                ("1", "1", 3000, Some(1)),
+                ("1", "2", 0, None),
+                ("0", "2", piece - 1, None),
+                ("6", "1", 5000, None),
+            ] {
+                let p = CodecParams::new()
+                    .with_option("level", level)
+                    .with_option("threads", threads)
+                    .with_option(ENGINE_OPTION, engine.to_string());
+                let wire = codec_api::encode_all(&Gzip, &p, &data[..len], flush).expect("encode");
+                let what =
+                    format!("{engine} level {level} threads {threads} len {len} flush {flush:?}");
+                assert_eq!(&wire[..4], &[0x1f, 0x8b, 8, 0], "{what}");
+                assert_eq!(single_member_decode(&wire), &data[..len], "{what}");
+                assert_eq!(decode(&wire).expect("decode"), &data[..len], "{what}");
+                if let Ok(mut child) = std::process::Command::new("gzip")
+                    .arg("-dc")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                {
+                    let mut stdin = child.stdin.take().expect("stdin");
+                    let w = wire.clone();
+                    let feeder = std::thread::spawn(move || stdin.write_all(&w));
+                    let out = child.wait_with_output().expect("gzip -d");
+                    feeder.join().expect("feeder").expect("feed gzip");
+                    assert!(out.status.success(), "gzip -d: {what}");
+                    assert_eq!(out.stdout, &data[..len], "gzip -d: {what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn isal_at_level_1_beats_zlib_rs_on_size() {
+        // Not a speed test: ISA-L's level 1 shrinks text-like data at least
+        // as well as zlib-rs's level 1 (a broken engine that stored
+        // everything would fail here).
+        if engines().len() < 2 {
+            return;
+        }
+        let data = mixed(4 * parallel::PIECE);
+        let size = |e: Engine| {
+            let p = CodecParams::new()
+                .with_option("level", "1")
+                .with_option("threads", "2")
+                .with_option(ENGINE_OPTION, e.to_string());
+            codec_api::encode_all(&Gzip, &p, &data, None)
+                .expect("encode")
+                .len()
+        };
+        let (isal, zlib) = (size(Engine::Isal), size(Engine::Zlib));
+        assert!(
+            isal < data.len() * 9 / 10 && isal <= zlib + zlib / 20,
+            "ISA-L {isal}, zlib-rs {zlib}"
+        );
+    }
+
+    #[test]
+    fn engine_option() {
+        assert_eq!(engine(&CodecParams::new()).expect("default"), Engine::Auto);
+        assert_eq!("ISA-L".parse::<Engine>(), Ok(Engine::Isal));
+        let p = CodecParams::new().with_option(ENGINE_OPTION, "pigz");
+        let e = Gzip.validate(&p).expect_err("unknown").to_string();
+        assert!(
+            e.contains("pigz") && e.contains("auto, zlib or isal"),
+            "{e}"
+        );
+        assert_eq!(Engine::Zlib.describe(1).as_deref(), Ok("zlib-rs level 1"));
+        let d = Engine::Auto.describe(6).expect("auto");
+        assert!(d.starts_with("zlib-rs level 6"), "{d}");
+        if engines().len() == 2 {
+            assert_eq!(
+                Engine::Auto.describe(1).as_deref(),
+                Ok("ISA-L (libisal.so.2) level 1")
+            );
+            let p = CodecParams::new().with_option(ENGINE_OPTION, "isal");
+            Gzip.validate(&p).expect("isal usable here");
         }
     }
 

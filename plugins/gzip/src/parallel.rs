@@ -31,63 +31,102 @@ const WINDOW: usize = 32 * 1024;
 /// ("unknown"), the same bytes as the serial encoder.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
+/// Which deflate implementation compresses the pieces, and at what level.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EngineSpec {
+    /// zlib-rs (flate2) at a zlib level 0..=9.
+    Zlib(Compression),
+    /// ISA-L at its level 1..=3 (see `isal.rs`).
+    Isal(&'static crate::isal::Api, u32),
+}
+
+impl EngineSpec {
+    fn level(&self) -> u32 {
+        match self {
+            EngineSpec::Zlib(c) => c.level(),
+            EngineSpec::Isal(_, l) => *l,
+        }
+    }
+}
+
+enum Deflate {
+    Zlib(Box<Compress>),
+    Isal(crate::isal::Deflater),
+}
+
 /// One compression engine and its output buffer.
 struct Engine {
-    deflate: Compress,
+    deflate: Deflate,
     out: Vec<u8>,
     crc: Crc,
 }
 
 impl Engine {
-    fn new(level: Compression) -> Self {
-        Engine {
-            deflate: Compress::new(level, false),
+    fn new(spec: EngineSpec) -> io::Result<Self> {
+        Ok(Engine {
+            deflate: match spec {
+                EngineSpec::Zlib(level) => Deflate::Zlib(Box::new(Compress::new(level, false))),
+                EngineSpec::Isal(api, level) => {
+                    Deflate::Isal(crate::isal::Deflater::new(api, level)?)
+                }
+            },
             out: Vec::new(),
             crc: Crc::new(),
-        }
+        })
     }
 
     /// Compresses `piece` (primed with `dict`) into `self.out`, ending with
     /// a sync flush, or with the final block when `last`.
     fn run(&mut self, dict: &[u8], piece: &[u8], last: bool) -> io::Result<()> {
-        self.deflate.reset();
         self.out.clear();
         self.crc.reset();
         self.crc.update(piece);
-        if !dict.is_empty() {
-            self.deflate
-                .set_dictionary(dict)
-                .map_err(io::Error::other)?;
+        match &mut self.deflate {
+            Deflate::Isal(d) => d.run(dict, piece, last, &mut self.out),
+            Deflate::Zlib(z) => zlib_run(z, dict, piece, last, &mut self.out),
         }
-        let flush = if last {
-            FlushCompress::Finish
-        } else {
-            FlushCompress::Sync
-        };
-        // Room for incompressible data plus block overheads; grown below if
-        // that is ever not enough.
-        self.out.reserve(piece.len() + piece.len() / 64 + 1024);
-        let start = self.deflate.total_in();
-        loop {
-            let used = (self.deflate.total_in() - start) as usize;
-            let before = (self.deflate.total_in(), self.deflate.total_out());
-            let status = self
-                .deflate
-                .compress_vec(&piece[used..], &mut self.out, flush)
-                .map_err(io::Error::other)?;
-            let consumed = (self.deflate.total_in() - start) as usize == piece.len();
-            let room_left = self.out.len() < self.out.capacity();
-            let moved = before != (self.deflate.total_in(), self.deflate.total_out());
-            match status {
-                Status::StreamEnd => return Ok(()),
-                // A sync flush is complete when all input is taken and the
-                // engine stopped with output room to spare.
-                Status::Ok | Status::BufError if !last && consumed && room_left => return Ok(()),
-                _ if !moved && room_left => {
-                    return Err(io::Error::other("deflate engine made no progress"));
-                }
-                _ => self.out.reserve(64 * 1024),
+    }
+}
+
+/// [`Engine::run`] with zlib-rs.
+fn zlib_run(
+    deflate: &mut Compress,
+    dict: &[u8],
+    piece: &[u8],
+    last: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    deflate.reset();
+    if !dict.is_empty() {
+        deflate.set_dictionary(dict).map_err(io::Error::other)?;
+    }
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    // Room for incompressible data plus block overheads; grown below if
+    // that is ever not enough.
+    out.reserve(piece.len() + piece.len() / 64 + 1024);
+    let start = deflate.total_in();
+    loop {
+        let used = (deflate.total_in() - start) as usize;
+        let before = (deflate.total_in(), deflate.total_out());
+        let status = deflate
+            .compress_vec(&piece[used..], out, flush)
+            .map_err(io::Error::other)?;
+        let consumed = (deflate.total_in() - start) as usize == piece.len();
+        let room_left = out.len() < out.capacity();
+        let moved = before != (deflate.total_in(), deflate.total_out());
+        match status {
+            Status::StreamEnd => return Ok(()),
+            // A sync flush is complete when all input is taken and the
+            // engine stopped with output room to spare.
+            Status::Ok | Status::BufError if !last && consumed && room_left => return Ok(()),
+            _ if !moved && room_left => {
+                return Err(io::Error::other("deflate engine made no progress"));
             }
+            _ => out.reserve(64 * 1024),
         }
     }
 }
@@ -127,15 +166,19 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(level: Compression) -> Option<Worker> {
+    fn spawn(spec: EngineSpec) -> Option<Worker> {
         let (jobs, job_rx) = mpsc::channel::<Job>();
         let (done_tx, done) = mpsc::channel();
         std::thread::Builder::new()
             .name("uftp-gzip".into())
             .spawn(move || {
-                let mut engine = Engine::new(level);
+                let mut engine = Engine::new(spec);
                 for job in job_rx {
-                    if done_tx.send(engine.run_job(job)).is_err() {
+                    let result = match engine.as_mut() {
+                        Ok(e) => e.run_job(job),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    };
+                    if done_tx.send(result).is_err() {
                         break;
                     }
                 }
@@ -151,9 +194,10 @@ impl Worker {
 pub(crate) struct ParallelGzipWriter<'a> {
     inner: Box<dyn EncodeWriter + 'a>,
     workers: Vec<Worker>,
-    /// Used when no worker thread could be started.
+    /// Used when no worker thread could be started (or one was asked
+    /// for: the stream's own thread compresses).
     local: Option<Engine>,
-    level: Compression,
+    spec: EngineSpec,
     /// The piece being filled: up to [`WINDOW`] bytes of dictionary, then
     /// new input.
     filling: Vec<u8>,
@@ -168,23 +212,30 @@ pub(crate) struct ParallelGzipWriter<'a> {
 }
 
 impl<'a> ParallelGzipWriter<'a> {
-    /// A member over `inner`, compressed at `level` by `threads` threads.
+    /// A member over `inner`, compressed by `spec`'s engine in `threads`
+    /// threads (1: in the caller's thread).
     pub(crate) fn new(
         inner: Box<dyn EncodeWriter + 'a>,
-        level: Compression,
+        spec: EngineSpec,
         threads: usize,
-    ) -> Self {
+    ) -> io::Result<Self> {
         // A thread that cannot be started (RLIMIT_NPROC of the session
         // user, say) is not an error: the member is compressed by fewer.
-        let workers: Vec<Worker> = (0..threads.max(1))
-            .map_while(|_| Worker::spawn(level))
-            .collect();
-        let local = workers.is_empty().then(|| Engine::new(level));
-        ParallelGzipWriter {
+        let workers: Vec<Worker> = if threads > 1 {
+            (0..threads).map_while(|_| Worker::spawn(spec)).collect()
+        } else {
+            Vec::new()
+        };
+        let local = if workers.is_empty() {
+            Some(Engine::new(spec)?)
+        } else {
+            None
+        };
+        Ok(ParallelGzipWriter {
             inner,
             workers,
             local,
-            level,
+            spec,
             filling: Vec::with_capacity(WINDOW + PIECE),
             dict_len: 0,
             in_flight: std::collections::VecDeque::new(),
@@ -192,7 +243,7 @@ impl<'a> ParallelGzipWriter<'a> {
             spare: Vec::new(),
             crc: Crc::new(),
             header_written: false,
-        }
+        })
     }
 
     /// Writes the oldest job's output.
@@ -306,7 +357,8 @@ impl std::fmt::Debug for ParallelGzipWriter<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ParallelGzipWriter")
             .field("threads", &self.workers.len())
-            .field("level", &self.level.level())
+            .field("engine", &self.spec)
+            .field("level", &self.spec.level())
             .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }

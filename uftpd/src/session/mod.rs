@@ -419,6 +419,7 @@ impl Session {
         let stack = request.codec_stack(&CodecSettings {
             gzip_level: settings.gzip_level,
             compress_threads: settings.compress_threads,
+            gzip_engine: &settings.gzip_engine,
             chacha_engine: &settings.chacha_engine,
         })?;
         let mut data = DataChannel::new(local, peer, settings.port_range);
