@@ -920,13 +920,14 @@ def gzip_speed(env, path, level=6):
     return {"compress": size / MiB / ccpu, "decompress": size / MiB / dcpu, "ratio": size / csize}
 
 
-def uftpd_gzip_speed(env, path, level=1, threads=None):
+def uftpd_gzip_speed(env, path, level=1, threads=None, engine="zlib"):
     """uftpd's own gzip encoder (uftp-codec, the same plugin the server
-    runs): ratio, MiB/s of input on the wall clock and CPU s/GiB."""
+    runs) with one engine (zlib: zlib-rs, isal: ISA-L): ratio, MiB/s of
+    input on the wall clock and CPU s/GiB; None where it cannot run."""
     codec = pathlib.Path(env.uftpc_bin).with_name("uftp-codec")
     if not codec.exists():
         return None
-    argv = [str(codec), "--encode", "--gzip", "--level", str(level)]
+    argv = [str(codec), "--encode", "--gzip", "--level", str(level), "--engine", engine]
     if threads:
         argv += ["--threads", str(threads)]
     size = path.stat().st_size
@@ -978,6 +979,7 @@ def measure_limits(env, R):
     L["gzip1"] = gzip_speed(env, env.data / "semi.bin", level=1)
     L["uftpd_gzip1"] = uftpd_gzip_speed(env, env.data / "semi.bin", threads=1)
     L["uftpd_gzip1_mt"] = uftpd_gzip_speed(env, env.data / "semi.bin")
+    L["uftpd_isal1"] = uftpd_gzip_speed(env, env.data / "semi.bin", threads=1, engine="isal")
     L["zstd"] = zstd_speed(env.data / "semi.bin")
     R["limits"] = L
 
@@ -1635,10 +1637,12 @@ def write_report(env, R, path):
         if g1:
             w(f"| gzip -1 compress, 1 core (ratio {g1['ratio']:.2f}) | "
               f"{fmt(g1['compress'])} | {fmt(1024 / g1['compress'], 1)} |")
-        for k, t in (("uftpd_gzip1", "1 thread"), ("uftpd_gzip1_mt", "default threads (cores, ≤ 4)")):
+        for k, t in (("uftpd_gzip1", "zlib-rs, 1 thread"),
+                     ("uftpd_gzip1_mt", "zlib-rs, default threads (cores, ≤ 4)"),
+                     ("uftpd_isal1", "ISA-L, 1 thread")):
             u = L.get(k)
             if u:
-                w(f"| uftpd's gzip at GZIP_LEVEL 1 (zlib-rs), {t} (ratio {u['ratio']:.2f}) | "
+                w(f"| uftpd's gzip at GZIP_LEVEL 1 ({t}) (ratio {u['ratio']:.2f}) | "
                   f"{fmt(u['compress'])} | {fmt(u['cpu_gib'], 1)} |")
         z = L.get("zstd")
         if z:

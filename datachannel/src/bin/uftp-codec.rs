@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! uftp-codec --encode|--decode [--algo BLOWFISH|AES] [--key-b64 KEY]
-//!            [--gzip [--level N] [--threads N]] [--streams N] [--prefix PREFIX]
+//!            [--gzip [--level N] [--threads N] [--engine auto|zlib|isal]]
+//!            [--streams N] [--prefix PREFIX]
 //! uftp-codec --loopback-bench MIB [--bench-side encode|decode|both] [--algo ..] [--key-b64 ..]
 //!            [--gzip] [--streams N]
 //! ```
@@ -27,7 +28,7 @@ use uftp_datachannel::{
 };
 
 const USAGE: &str = "usage: uftp-codec --encode|--decode [--algo BLOWFISH|AES] [--key-b64 KEY] \
-[--gzip [--level N] [--threads N]] [--streams N] [--prefix PREFIX]\n       uftp-codec --loopback-bench MIB \
+[--gzip [--level N] [--threads N] [--engine auto|zlib|isal]] [--streams N] [--prefix PREFIX]\n       uftp-codec --loopback-bench MIB \
 [--bench-side encode|decode|both] [--algo ..] [--key-b64 ..] [--gzip] [--streams N]";
 
 #[derive(Debug, PartialEq)]
@@ -45,6 +46,7 @@ struct Args {
     gzip: bool,
     level: Option<String>,
     threads: Option<String>,
+    engine: Option<String>,
     streams: usize,
     prefix: Option<String>,
     side: String,
@@ -59,6 +61,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         gzip: false,
         level: None,
         threads: None,
+        engine: None,
         streams: 1,
         prefix: None,
         side: "both".into(),
@@ -85,6 +88,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--gzip" => a.gzip = true,
             "--level" => a.level = Some(value("--level")?),
             "--threads" => a.threads = Some(value("--threads")?),
+            "--engine" => a.engine = Some(value("--engine")?),
             "--streams" => {
                 let v = value("--streams")?;
                 a.streams = v.parse().map_err(|_| format!("bad stream count '{v}'"))?;
@@ -115,6 +119,9 @@ fn stack(a: &Args) -> Result<CodecStack, String> {
         }
         if let Some(t) = &a.threads {
             p = p.with_option("threads", t.clone());
+        }
+        if let Some(e) = &a.engine {
+            p = p.with_option(uftpd_gzip::ENGINE_OPTION, e.clone());
         }
         s = s
             .with_codec(Arc::from(uftpd_gzip::DESCRIPTOR.instantiate()), p)

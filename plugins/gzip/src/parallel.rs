@@ -1,7 +1,9 @@
-//! A gzip member compressed by several threads (the technique of pigz).
+//! A gzip member compressed by several threads (the technique of pigz),
+//! or by the caller's thread alone with ISA-L (see `isal.rs`), which
+//! compresses through this piece writer in either case.
 //!
 //! The input is cut into pieces of [`PIECE`] bytes. Each piece is
-//! compressed as raw deflate by its own engine, primed with the 32 KiB of
+//! compressed as raw deflate by its own engine (zlib-rs or ISA-L), primed with the 32 KiB of
 //! input just before it as the dictionary (so matches reach back across the
 //! cut as in one serial stream), and ends with a sync flush: an empty stored
 //! block that leaves the bit stream byte-aligned and not final. The pieces'
