@@ -418,15 +418,24 @@ def test_compress_threads_still_make_one_gzip_member(daemon_factory, site_factor
     plain and inside AES, over one and two streams."""
     d = daemon_factory(name=f"uftpd COMPRESS_THREADS={threads}", COMPRESS_THREADS=threads,
                        **dc.CODEC_CONFIG)
-    s = site_factory(daemon=d)
-    data = s.put("big.bin", payload(1_300_000))
+    gzip_both_ways(site_factory(daemon=d), 1_300_000, f"{threads} threads")
+
+
+def gzip_both_ways(s, size, what, upload=False):
+    """gzip downloads (and uploads) of `size` bytes, plain and inside AES,
+    over one and two streams, byte for byte against Python's strict zlib."""
+    data = s.put("big.bin", payload(size))
     for enc in ("plain", "AES128"):
         stack = make_stack(enc, True)
         c = s.control(**stack.request_fields())
         for n in (1, 2):
             _, got, r226 = dc.retr(c, "big.bin", n, stack)
             assert r226.code == 226
-            assert got == data, f"{stack} over {n} streams with {threads} threads"
+            assert got == data, f"{stack} over {n} streams, {what}"
+            if upload:
+                _, final = dc.stor(c, f"up{n}.bin", data, n, stack)
+                assert final.code == 226, final
+                assert s.path(f"up{n}.bin").read_bytes() == data
 
 
 # ---------------------------------------------------------------- GZIP_ENGINE
@@ -442,18 +451,7 @@ def test_gzip_engine_makes_the_same_format(daemon_factory, site_factory, engine,
     d = daemon_factory(name=f"uftpd GZIP_ENGINE={engine} GZIP_LEVEL={level}",
                        GZIP_ENGINE=engine, GZIP_LEVEL=level, COMPRESS_THREADS="1",
                        **dc.CODEC_CONFIG)
-    s = site_factory(daemon=d)
-    data = s.put("big.bin", payload(700_000))
-    for enc in ("plain", "AES128"):
-        stack = make_stack(enc, True)
-        c = s.control(**stack.request_fields())
-        for n in (1, 2):
-            _, got, r226 = dc.retr(c, "big.bin", n, stack)
-            assert r226.code == 226
-            assert got == data, f"{stack} over {n} streams, {engine} level {level}"
-            _, final = dc.stor(c, f"up{n}.bin", data, n, stack)
-            assert final.code == 226, final
-            assert s.path(f"up{n}.bin").read_bytes() == data
+    gzip_both_ways(site_factory(daemon=d), 700_000, f"{engine} level {level}", upload=True)
     r = subprocess.run([str(uftpd_bin()), "check-config", "--config", str(d.config_file)],
                        capture_output=True, text=True, timeout=60)
     want = {"zlib": f"compressed by zlib-rs level {level}",

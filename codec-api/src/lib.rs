@@ -661,6 +661,63 @@ pub fn read_full<R: std::io::Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::i
     Ok(got)
 }
 
+/// An optional engine of a codec plugin that is loaded at run time (a
+/// system library found with `dlopen`) and checked once before use: the
+/// first [`get`](Self::get) opens it, then runs the plugin's self-test;
+/// both results are kept for the life of the process, so a library that
+/// is missing or fails its test is not tried again, and every later caller
+/// gets the same answer at once.
+///
+/// ```
+/// use codec_api::CheckedEngine;
+/// static ENGINE: CheckedEngine<u32> = CheckedEngine::new();
+/// fn open() -> Result<u32, String> { Ok(7) }
+/// fn check(v: &'static u32) -> Result<(), String> {
+///     if *v == 7 { Ok(()) } else { Err("wrong answer".into()) }
+/// }
+/// assert_eq!(ENGINE.get(open, check), Ok(&7));
+/// ```
+#[derive(Debug)]
+pub struct CheckedEngine<T: 'static> {
+    opened: std::sync::OnceLock<Result<T, String>>,
+    checked: std::sync::OnceLock<Result<(), String>>,
+}
+
+impl<T: 'static> CheckedEngine<T> {
+    /// An engine not loaded yet (for a `static`).
+    pub const fn new() -> Self {
+        CheckedEngine {
+            opened: std::sync::OnceLock::new(),
+            checked: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The engine, opened with `open` and tested with `check` the first
+    /// time; `Err` says why it cannot be used.
+    pub fn get(
+        &'static self,
+        open: fn() -> Result<T, String>,
+        check: fn(&'static T) -> Result<(), String>,
+    ) -> Result<&'static T, &'static str> {
+        let engine = self
+            .opened
+            .get_or_init(open)
+            .as_ref()
+            .map_err(String::as_str)?;
+        self.checked
+            .get_or_init(|| check(engine))
+            .as_ref()
+            .map_err(String::as_str)?;
+        Ok(engine)
+    }
+}
+
+impl<T: 'static> Default for CheckedEngine<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Encodes all of `data` with `codec` into a new buffer and ends the
 /// stream; with `flush_every`, flushes after each such many bytes (what a
 /// sender that flushes between messages produces). For tools and tests

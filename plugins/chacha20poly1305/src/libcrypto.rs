@@ -21,7 +21,6 @@
 
 use std::ffi::{c_int, c_uchar, c_ulong, c_void};
 use std::ptr::{self, NonNull};
-use std::sync::OnceLock;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
@@ -79,18 +78,12 @@ impl std::fmt::Debug for Api {
     }
 }
 
-static OPENED: OnceLock<Result<Api, String>> = OnceLock::new();
-static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+static ENGINE: codec_api::CheckedEngine<Api> = codec_api::CheckedEngine::new();
 
 /// The checked engine, loaded on first use; `Err` says why it cannot be
 /// used (not installed, too old, or a failed self-test).
 pub(crate) fn load() -> Result<&'static Api, &'static str> {
-    let api = OPENED.get_or_init(open).as_ref().map_err(String::as_str)?;
-    CHECKED
-        .get_or_init(|| self_test(api))
-        .as_ref()
-        .map_err(String::as_str)?;
-    Ok(api)
+    ENGINE.get(open, self_test)
 }
 
 fn open() -> Result<Api, String> {

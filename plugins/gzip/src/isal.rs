@@ -35,7 +35,6 @@ use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ffi::c_int;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::OnceLock;
 
 /// The shared object tried (ISA-L 2.x).
 const SONAME: &str = "libisal.so.2";
@@ -133,18 +132,12 @@ impl std::fmt::Debug for Api {
     }
 }
 
-static OPENED: OnceLock<Result<Api, String>> = OnceLock::new();
-static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+static ENGINE: codec_api::CheckedEngine<Api> = codec_api::CheckedEngine::new();
 
 /// The checked engine, loaded on first use; `Err` says why it cannot be
 /// used (not installed, or a failed self-test).
 pub(crate) fn load() -> Result<&'static Api, &'static str> {
-    let api = OPENED.get_or_init(open).as_ref().map_err(String::as_str)?;
-    CHECKED
-        .get_or_init(|| self_test(api))
-        .as_ref()
-        .map_err(String::as_str)?;
-    Ok(api)
+    ENGINE.get(open, self_test)
 }
 
 fn open() -> Result<Api, String> {
