@@ -16,20 +16,20 @@
 //! place since its 2.x releases; the rest of the structure (its internal
 //! state) is opaque here and gets a generous allocation.
 //!
-//! Decoding uses `isal_inflate` on raw deflate (the gzip framing is parsed
-//! in `member.rs`), which needs one field beyond the public head of
-//! `struct inflate_state`: `block_state`, to see where the stream ends; its
-//! offset has not moved since ISA-L 2.28, and the self-test checks it on
-//! the loaded library (see [`BLOCK_STATE_OFFSET`]).
+//! Only compression uses ISA-L. Its inflate was tried as the decoder and
+//! dropped: when input arrives in small pieces it reads ahead past the end
+//! of the deflate data into buffers of its own and does not always give
+//! those bytes back, so where the gzip trailer starts becomes a guess, and
+//! one guess accepted a stream cut inside an empty member's all-zero
+//! trailer. zlib-rs reports exactly what it used.
 //!
 //! Each piece of the parallel gzip writer (see `parallel.rs`) is one
 //! `isal_deflate_init`, an optional `isal_deflate_set_dict` (the 32 KiB
 //! before the piece) and `isal_deflate` calls with a sync flush, or with
 //! `end_of_stream` for the last piece: raw deflate, which the writer wraps
 //! in its own gzip header and trailer. Before the engine is used, [`load`]
-//! compresses a sample that way at every level it serves, checks that
-//! zlib-rs inflates it back to the same bytes, and decodes it again with
-//! ISA-L through the member reader from input in uneven pieces.
+//! compresses a sample that way at every level it serves and checks that
+//! zlib-rs inflates it back to the same bytes.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ffi::c_int;
@@ -89,32 +89,6 @@ const _: () = assert!(std::mem::size_of::<ZStreamHead>() == 64);
 type InitFn = unsafe extern "C" fn(*mut ZStreamHead);
 type SetDictFn = unsafe extern "C" fn(*mut ZStreamHead, *const u8, u32) -> c_int;
 type DeflateFn = unsafe extern "C" fn(*mut ZStreamHead) -> c_int;
-type InflateInitFn = unsafe extern "C" fn(*mut InflateHead);
-type InflateFn = unsafe extern "C" fn(*mut InflateHead) -> c_int;
-
-/// The public head of `struct inflate_state` (igzip_lib.h).
-#[repr(C)]
-struct InflateHead {
-    next_out: *mut u8,
-    avail_out: u32,
-    total_out: u32,
-    next_in: *const u8,
-    read_in: u64,
-    avail_in: u32,
-}
-
-/// Offset of `block_state` (`enum isal_block_state`, 4 bytes) in `struct
-/// inflate_state`: the same in every ISA-L release from 2.28 to 2.32.1 on
-/// x86-64 (checked against their headers). The self-test confirms it on
-/// the loaded library: `isal_inflate_init` must write `ISAL_BLOCK_NEW_HDR`
-/// there, and a finished stream must leave `ISAL_BLOCK_FINISH`.
-const BLOCK_STATE_OFFSET: usize = 21_160;
-/// `ISAL_BLOCK_NEW_HDR` and `ISAL_BLOCK_FINISH`.
-const BLOCK_NEW_HDR: u32 = 0;
-const BLOCK_FINISH: u32 = 5;
-/// `sizeof(struct inflate_state)` is 87,368 in those releases.
-const INFLATE_SIZE: usize = 256 * 1024;
-
 /// The entry points used, resolved once; the library handle lives with
 /// them in a static that is never dropped, so they stay valid.
 pub(crate) struct Api {
@@ -122,8 +96,6 @@ pub(crate) struct Api {
     init: InitFn,
     set_dict: SetDictFn,
     deflate: DeflateFn,
-    inflate_init: InflateInitFn,
-    inflate: InflateFn,
 }
 
 impl std::fmt::Debug for Api {
@@ -160,15 +132,12 @@ fn open() -> Result<Api, String> {
     // isal_deflate_init(struct isal_zstream *)`, `int
     // isal_deflate_set_dict(struct isal_zstream *, uint8_t *, uint32_t)`
     // (the dictionary is only read), `int isal_deflate(struct isal_zstream
-    // *)`, `void isal_inflate_init(struct inflate_state *)`, `int
-    // isal_inflate(struct inflate_state *)`.
+    // *)`.
     unsafe {
         Ok(Api {
             init: get(&lib, "isal_deflate_init")?,
             set_dict: get(&lib, "isal_deflate_set_dict")?,
             deflate: get(&lib, "isal_deflate")?,
-            inflate_init: get(&lib, "isal_inflate_init")?,
-            inflate: get(&lib, "isal_inflate")?,
             _lib: lib,
         })
     }
@@ -301,117 +270,6 @@ impl Deflater {
     }
 }
 
-/// One decompressor of raw deflate: the `inflate_state`, reused for every
-/// gzip member (the caller parses headers and trailers).
-pub(crate) struct Inflater {
-    api: &'static Api,
-    state: NonNull<InflateHead>,
-}
-
-// SAFETY: as for `Deflater`: the state belongs to this value alone and
-// every call takes `&mut self`.
-unsafe impl Send for Inflater {}
-
-impl std::fmt::Debug for Inflater {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("isal::Inflater")
-    }
-}
-
-/// Checked when compiling, as `STREAM_LAYOUT`.
-const INFLATE_LAYOUT: Layout = match Layout::from_size_align(INFLATE_SIZE, STREAM_ALIGN) {
-    Ok(l) => l,
-    Err(_) => panic!("invalid ISA-L inflate layout"),
-};
-
-impl Drop for Inflater {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { dealloc(self.state.as_ptr().cast(), INFLATE_LAYOUT) }
-    }
-}
-
-/// What one [`Inflater::run`] call did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Step {
-    /// Input bytes taken. Negative when the stream ended and ISA-L gave
-    /// back bytes it had loaded in earlier calls (its 64-bit bit buffer):
-    /// the input after the stream starts that far before this call's input.
-    pub(crate) consumed: isize,
-    /// Output bytes written.
-    pub(crate) produced: usize,
-    /// The deflate stream ended (final block decoded, all output given
-    /// out); the input after `consumed` is what follows it.
-    pub(crate) finished: bool,
-}
-
-impl Inflater {
-    pub(crate) fn new(api: &'static Api) -> io::Result<Self> {
-        // SAFETY: a non-zero size; the result is checked for null.
-        let raw = unsafe { alloc_zeroed(INFLATE_LAYOUT) };
-        let state = NonNull::new(raw.cast::<InflateHead>())
-            .ok_or_else(|| io::Error::other("out of memory for an ISA-L inflate state"))?;
-        let mut i = Inflater { api, state };
-        i.reset();
-        Ok(i)
-    }
-
-    fn block_state(&self) -> u32 {
-        // SAFETY: the offset is inside our INFLATE_SIZE bytes (checked when
-        // compiling below) and 4-aligned; it is ISA-L's `block_state`.
-        unsafe {
-            self.state
-                .as_ptr()
-                .cast::<u8>()
-                .add(BLOCK_STATE_OFFSET)
-                .cast::<u32>()
-                .read_unaligned()
-        }
-    }
-
-    /// Starts a new raw deflate stream (`crc_flag` = 0: no wrapper, no
-    /// checksum; ISA-L's default after init).
-    pub(crate) fn reset(&mut self) {
-        // SAFETY: `state` points to INFLATE_SIZE bytes owned by `self`,
-        // more than ISA-L's structure; init only writes it.
-        unsafe { (self.api.inflate_init)(self.state.as_ptr()) }
-    }
-
-    /// Decodes from `input` into `out`.
-    pub(crate) fn run(&mut self, input: &[u8], out: &mut [u8]) -> io::Result<Step> {
-        let avail_in = u32::try_from(input.len()).unwrap_or(u32::MAX);
-        let avail_out = u32::try_from(out.len()).unwrap_or(u32::MAX);
-        let s = self.state.as_ptr();
-        // SAFETY: the head fields are at the offsets of igzip_lib.h; `s`
-        // is valid and exclusively ours.
-        let head = unsafe { &mut *s };
-        head.next_in = input.as_ptr();
-        head.avail_in = avail_in;
-        head.next_out = out.as_mut_ptr();
-        head.avail_out = avail_out;
-        // SAFETY: next_in/avail_in describe readable `input`,
-        // next_out/avail_out writable `out`; ISA-L keeps no pointer into
-        // either after returning (partial input goes to its own buffers).
-        let rc = unsafe { (self.api.inflate)(s) };
-        // SAFETY: as above.
-        let head = unsafe { &*s };
-        if rc < 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("corrupt deflate data (ISA-L error {rc})"),
-            ));
-        }
-        Ok(Step {
-            consumed: avail_in as isize - head.avail_in as isize,
-            produced: (avail_out - head.avail_out) as usize,
-            finished: self.block_state() == BLOCK_FINISH,
-        })
-    }
-}
-
-const _: () =
-    assert!(BLOCK_STATE_OFFSET + 4 <= INFLATE_SIZE && BLOCK_STATE_OFFSET.is_multiple_of(4));
-
 /// Compresses a sample in two pieces (the second primed with the end of
 /// the first, as the parallel writer does) at each level, and checks that
 /// zlib-rs inflates it back unchanged.
@@ -449,58 +307,6 @@ fn self_test(api: &'static Api) -> Result<(), String> {
         if wire.len() >= sample.len() {
             return Err(fail("the output is not smaller".into()));
         }
-        inflate_test(api, &wire, &sample).map_err(fail)?;
     }
     Ok(())
-}
-
-/// Checks the inflate side: first the layout (the state is filled with a
-/// pattern, and `isal_inflate_init` must set the word at
-/// [`BLOCK_STATE_OFFSET`] to `ISAL_BLOCK_NEW_HDR`, or that offset is not
-/// `block_state` in this build of the library), then two concatenated gzip
-/// members around `wire` (raw deflate of `sample`) decoded by the member
-/// reader from input that arrives in uneven pieces.
-fn inflate_test(api: &'static Api, wire: &[u8], sample: &[u8]) -> Result<(), String> {
-    use std::io::Read;
-    let mut inf = Inflater::new(api).map_err(|e| e.to_string())?;
-    // SAFETY: the state's INFLATE_SIZE bytes are ours.
-    unsafe { std::ptr::write_bytes(inf.state.as_ptr().cast::<u8>(), 0xa5, INFLATE_SIZE) };
-    inf.reset();
-    if inf.block_state() != BLOCK_NEW_HDR {
-        return Err("inflate_state layout differs (block_state not where expected)".into());
-    }
-    let mut crc = flate2::Crc::new();
-    crc.update(sample);
-    let mut member = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    member.extend_from_slice(wire);
-    member.extend_from_slice(&crc.sum().to_le_bytes());
-    member.extend_from_slice(&crc.amount().to_le_bytes());
-    let two = [member.as_slice(), member.as_slice()].concat();
-    let mut reader = crate::member::IsalGzipReader::new(Box::new(Uneven(&two, 0)), inf);
-    let mut out = Vec::new();
-    reader
-        .read_to_end(&mut out)
-        .map_err(|e| format!("decoding failed: {e}"))?;
-    if out.len() != 2 * sample.len()
-        || out[..sample.len()] != *sample
-        || out[sample.len()..] != *sample
-    {
-        return Err(format!("decoded {} bytes, not the sample twice", out.len()));
-    }
-    Ok(())
-}
-
-/// A reader that hands out its bytes in uneven pieces (1 byte to 60 KB).
-struct Uneven<'a>(&'a [u8], usize);
-
-impl std::io::Read for Uneven<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.1 += 1;
-        let n = (1 + self.1 * 7919 % 60_000)
-            .min(self.0.len())
-            .min(buf.len());
-        buf[..n].copy_from_slice(&self.0[..n]);
-        self.0 = &self.0[n..];
-        Ok(n)
-    }
 }
