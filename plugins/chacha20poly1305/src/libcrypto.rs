@@ -271,16 +271,24 @@ impl EvpAead {
         // cannot overlap the exclusive borrow `msg`.
         unsafe { self.run(src, msg.as_mut_ptr(), msg.len())? };
         let mut tag = [0u8; TAG_LEN];
-        // SAFETY: GET_TAG writes `TAG_LEN` bytes to the pointer.
+        self.tag_ctrl(CTRL_GET_TAG, &mut tag)?;
+        Ok(tag)
+    }
+
+    /// `EVP_CTRL_AEAD_GET_TAG` (writes `tag`) or `EVP_CTRL_AEAD_SET_TAG`
+    /// (reads it) on the context.
+    fn tag_ctrl(&mut self, op: c_int, tag: &mut [u8; TAG_LEN]) -> Result<(), ()> {
+        // SAFETY: both operations access exactly `TAG_LEN` bytes at the
+        // pointer, which `tag` provides, and keep no pointer to it.
         let ok = unsafe {
             (self.api.ctrl)(
                 self.ctx.as_ptr(),
-                CTRL_GET_TAG,
+                op,
                 TAG_LEN as c_int,
                 tag.as_mut_ptr().cast(),
             )
         };
-        if ok == 1 { Ok(tag) } else { Err(()) }
+        if ok == 1 { Ok(()) } else { Err(()) }
     }
 
     /// Opens one record in place; `Err` if the tag does not verify (then
@@ -297,19 +305,7 @@ impl EvpAead {
         }
         self.start(nonce, aad)?;
         let mut expected = *tag;
-        // SAFETY: SET_TAG copies `TAG_LEN` bytes from the pointer (the
-        // pointer is not kept).
-        let ok = unsafe {
-            (self.api.ctrl)(
-                self.ctx.as_ptr(),
-                CTRL_SET_TAG,
-                TAG_LEN as c_int,
-                expected.as_mut_ptr().cast(),
-            )
-        };
-        if ok != 1 {
-            return Err(());
-        }
+        self.tag_ctrl(CTRL_SET_TAG, &mut expected)?;
         let p = msg.as_mut_ptr();
         // SAFETY: in place: source and destination are the same writable
         // `msg`; the final call fails when the tag does not verify.
