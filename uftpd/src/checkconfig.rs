@@ -359,34 +359,32 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
             )
         },
     );
-    match cfg.gzip_engine.describe(cfg.gzip_level) {
-        Ok(engine) => r.info(
-            SESSIONS,
+    // Config::load refuses an engine that is forced and unusable; the
+    // warning is kept for a machine that changed since.
+    engine_line(
+        &mut r,
+        SESSIONS,
+        cfg.gzip_engine.describe(cfg.gzip_level),
+        |engine| {
             format!(
                 "gzip downloads are compressed by {engine} (GZIP_ENGINE={}, GZIP_LEVEL)",
                 cfg.gzip_engine
-            ),
-        ),
-        // Config::load refuses this already; kept for a changed machine.
-        Err(why) => r.warn(
-            SESSIONS,
-            format!("GZIP_ENGINE=isal, but ISA-L cannot be used: {why}"),
-        ),
-    }
-    match cfg.chacha_engine.describe() {
-        Ok(engine) => r.info(
-            SESSIONS,
+            )
+        },
+        |why| format!("GZIP_ENGINE=isal, but ISA-L cannot be used: {why}"),
+    );
+    engine_line(
+        &mut r,
+        SESSIONS,
+        cfg.chacha_engine.describe(),
+        |engine| {
             format!(
                 "ChaCha20-Poly1305 (extension codec) runs on {engine} (CHACHA20_ENGINE={})",
                 cfg.chacha_engine
-            ),
-        ),
-        // Config::load refuses this already; kept for a changed machine.
-        Err(why) => r.warn(
-            SESSIONS,
-            format!("CHACHA20_ENGINE=libcrypto, but libcrypto cannot be used: {why}"),
-        ),
-    }
+            )
+        },
+        |why| format!("CHACHA20_ENGINE=libcrypto, but libcrypto cannot be used: {why}"),
+    );
     r.info(
         SESSIONS,
         format!(
@@ -401,6 +399,20 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
         ),
     );
     r
+}
+
+/// The line of a codec engine: what it runs on, or a warning.
+fn engine_line(
+    r: &mut Report,
+    section: &'static str,
+    described: Result<String, String>,
+    info: impl FnOnce(String) -> String,
+    warn: impl FnOnce(String) -> String,
+) {
+    match described {
+        Ok(engine) => r.info(section, info(engine)),
+        Err(why) => r.warn(section, warn(why)),
+    }
 }
 
 fn join(a: &[SocketAddr]) -> String {

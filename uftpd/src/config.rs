@@ -216,6 +216,29 @@ pub fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
     }
 }
 
+/// A codec engine setting (`GZIP_ENGINE`, `CHACHA20_ENGINE`): `default`
+/// when unset; an unknown value, or one that forces a `library` this
+/// machine cannot use (`usable` says why), names the variable.
+fn engine_setting<E: Copy + std::str::FromStr<Err = String>>(
+    name: &'static str,
+    value: Option<&str>,
+    default: E,
+    library: &str,
+    usable: impl FnOnce(E) -> Result<String, String>,
+) -> Result<E, ConfigError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        name,
+        value: v.to_string(),
+        reason,
+    };
+    let engine: E = v.parse().map_err(invalid)?;
+    usable(engine).map_err(|why| invalid(format!("{library} cannot be used: {why}")))?;
+    Ok(engine)
+}
+
 fn parse_num<T: std::str::FromStr>(
     name: &'static str,
     v: &str,
@@ -447,38 +470,20 @@ impl Config {
                     )
                 })
                 .transpose()?,
-            gzip_engine: match get("GZIP_ENGINE") {
-                Some(v) => {
-                    let invalid = |reason: String| ConfigError::Invalid {
-                        name: "GZIP_ENGINE",
-                        value: v.to_string(),
-                        reason,
-                    };
-                    let engine: uftpd_gzip::Engine = v.parse().map_err(invalid)?;
-                    engine
-                        .describe(1)
-                        .map_err(|why| invalid(format!("ISA-L cannot be used: {why}")))?;
-                    engine
-                }
-                None => uftpd_gzip::Engine::Auto,
-            },
-            chacha_engine: match get("CHACHA20_ENGINE") {
-                Some(v) => {
-                    let engine: uftpd_chacha20poly1305::Engine =
-                        v.parse().map_err(|e: String| ConfigError::Invalid {
-                            name: "CHACHA20_ENGINE",
-                            value: v.to_string(),
-                            reason: e,
-                        })?;
-                    engine.describe().map_err(|why| ConfigError::Invalid {
-                        name: "CHACHA20_ENGINE",
-                        value: v.to_string(),
-                        reason: format!("OpenSSL's libcrypto cannot be used: {why}"),
-                    })?;
-                    engine
-                }
-                None => uftpd_chacha20poly1305::Engine::Auto,
-            },
+            gzip_engine: engine_setting(
+                "GZIP_ENGINE",
+                get("GZIP_ENGINE"),
+                uftpd_gzip::Engine::Auto,
+                "ISA-L",
+                |e| e.describe(1),
+            )?,
+            chacha_engine: engine_setting(
+                "CHACHA20_ENGINE",
+                get("CHACHA20_ENGINE"),
+                uftpd_chacha20poly1305::Engine::Auto,
+                "OpenSSL's libcrypto",
+                uftpd_chacha20poly1305::Engine::describe,
+            )?,
             request_lifetime: Duration::from_secs(match get("REQUEST_LIFETIME") {
                 Some(v) => parse_num("REQUEST_LIFETIME", v, 1.., "expected seconds >= 1")?,
                 None => 300,
