@@ -605,3 +605,83 @@ def test_chacha_engine_unknown_value_stops_the_daemon(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert "CHACHA20_ENGINE" in r.stderr + r.stdout and "auto, ring or libcrypto" in r.stderr + r.stdout
+
+
+# ---------------------------------------------------------------- ZSTD_LEVEL
+def zstd_wire(site, data_name, streams):
+    """RETR with compress=zstd: the raw wires (decoded by the zstd tool
+    through the stack) and the decoded data."""
+    stack = ExtStack(zstd=True)
+    c = site.control(**stack.request_fields())
+    socks = dc.open_channel(c, streams)
+    try:
+        r150 = c.cmd(f"RETR {data_name}")
+        assert r150.code == 150, r150
+        wires = dc.read_all_concurrently(socks)
+    finally:
+        dc.close_all(socks)
+    assert c.read_reply().code == 226
+    return wires, stack.decode_channel(wires)
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd command-line tool not installed")
+def test_zstd_level_setting_reaches_the_wire(daemon_factory, site_factory):
+    """ZSTD_LEVEL sets the level of what the daemon compresses (negative:
+    zstd's fast modes): the same file makes more bytes at -7 than at the
+    default 1 and fewer at 19, every one a standard frame the zstd tool
+    reads, over one and two streams (COMPRESS_THREADS 1 and 2); check-config
+    says the level."""
+    text = b"".join(b"%06d the quick brown fox, %d lazy dogs\n" % (i, i % 89)
+                    for i in range(40_000))
+    sizes = {}
+    for level, threads in (("-7", "2"), (None, "1"), ("19", "1")):
+        extra = {"ZSTD_LEVEL": level} if level else {}
+        d = daemon_factory(name=f"uftpd ZSTD_LEVEL={level}", COMPRESS_THREADS=threads,
+                           **extra, **dc.CODEC_CONFIG)
+        s = site_factory(daemon=d)
+        data = s.put("t.txt", text)
+        for n in (1, 2):
+            wires, got = zstd_wire(s, "t.txt", n)
+            assert got == data, f"ZSTD_LEVEL={level}, {n} streams"
+            sizes[(level, n)] = sum(len(w) for w in wires)
+        r = subprocess.run([str(uftpd_bin()), "check-config", "--config", str(d.config_file)],
+                           capture_output=True, text=True, timeout=60)
+        want = {"-7": "at level -7 (ZSTD_LEVEL, a fast mode)", None: "at level 1 (ZSTD_LEVEL)",
+                "19": "at level 19 (ZSTD_LEVEL)"}[level]
+        assert "zstd (extension codec) downloads are compressed " + want in r.stdout, r.stdout
+    assert sizes[("-7", 1)] > sizes[(None, 1)] > sizes[("19", 1)], sizes
+    assert sizes[("-7", 2)] > sizes[(None, 2)] > sizes[("19", 2)], sizes
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd command-line tool not installed")
+@pytest.mark.parametrize("level", ["-7", "19"])
+def test_uftpc_upload_at_a_zstd_level(csite, uftpc, tmp_path, level):
+    """`uftpc --zstd-level N` compresses uploads at that level; the daemon
+    reads every level (and plain and ChaCha20-Poly1305 alike)."""
+    data = payload()
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    for name in ("zstd", "chacha-zstd"):
+        stack = ExtStack(**STACKS[name])
+        secret = csite.announce_ok(**stack.request_fields())
+        run_uftpc(uftpc, csite, secret, 2, [*stack.uftpc_args(), "--zstd-level", level],
+                  "put", str(src), f"up-{name}.bin")
+        assert csite.path(f"up-{name}.bin").read_bytes() == data, f"{name} at level {level}"
+
+
+@pytest.mark.parametrize("level", ["20", "-8", "fast"])
+def test_uftpc_refuses_a_zstd_level_out_of_range(uftpc, level):
+    p = subprocess.run([str(uftpc), "-Z", "--zstd-level", level, f"{LOOPBACK}:1", "s", "ls"],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 2
+    assert b"--zstd-level wants a zstd level -7 to 19" in p.stderr
+
+
+@pytest.mark.parametrize("value", ["20", "-8", "fast"])
+def test_zstd_level_out_of_range_stops_the_daemon(tmp_path, value):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(f"export ZSTD_LEVEL={value}\n")
+    r = subprocess.run([str(uftpd_bin()), "--config", str(conf)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "ZSTD_LEVEL" in r.stderr + r.stdout and "-7 to 19" in r.stderr + r.stdout

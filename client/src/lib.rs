@@ -140,6 +140,10 @@ pub const FEAT_COMPRESS_ZSTD: &str = "COMPRESS zstd";
 /// otherwise, the same as the server's GZIP_LEVEL default.
 pub use uftp_datachannel::DEFAULT_GZIP_LEVEL;
 
+/// The zstd level the client compresses zstd streams with unless told
+/// otherwise, the same as the server's ZSTD_LEVEL default.
+pub const DEFAULT_ZSTD_LEVEL: i32 = uftpd_zstd::DEFAULT_LEVEL;
+
 /// Client settings for one session. `Debug` shows the key's length only.
 #[derive(Clone)]
 pub struct ClientOptions {
@@ -155,6 +159,10 @@ pub struct ClientOptions {
     /// zlib level (0-9) of what this client compresses with gzip (uploads;
     /// downloads are compressed by the server at its GZIP_LEVEL).
     pub gzip_level: u32,
+    /// zstd level (-7..=19; negative: zstd's fast modes) of what this
+    /// client compresses with zstd (uploads; downloads are compressed by
+    /// the server at its ZSTD_LEVEL).
+    pub zstd_level: i32,
     /// Timeout for connects and reads.
     pub timeout: Duration,
     /// Use EPSV instead of PASV.
@@ -175,6 +183,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("algo", &self.algo)
             .field("compress", &self.compress)
             .field("gzip_level", &self.gzip_level)
+            .field("zstd_level", &self.zstd_level)
             .field("timeout", &self.timeout)
             .field("epsv", &self.epsv)
             .finish()
@@ -189,6 +198,7 @@ impl Default for ClientOptions {
             algo: None,
             compress: Compression::None,
             gzip_level: DEFAULT_GZIP_LEVEL,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
             timeout: Duration::from_secs(60),
             epsv: false,
         }
@@ -285,7 +295,7 @@ fn codec_stack(opts: &ClientOptions) -> Result<CodecStack, uftp_datachannel::Cod
         ),
         Compression::Zstd => stack.with_codec(
             Arc::from(uftpd_zstd::DESCRIPTOR.instantiate()),
-            CodecParams::new(),
+            CodecParams::new().with_option("level", opts.zstd_level.to_string()),
         ),
     }
 }
@@ -1061,6 +1071,41 @@ mod tests {
             ..ext_opts(None, 0, Compression::Gzip)
         };
         assert!(codec_stack(&bad).is_err(), "level 10 accepted");
+    }
+
+    #[test]
+    fn zstd_level_reaches_the_encoder() {
+        // words drawn by an LCG: text with matches near and far, where
+        // the levels differ
+        let mut x = 1u32;
+        let text: Vec<u8> = (0..150_000)
+            .flat_map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                format!("w{} ", (x >> 16) % 3000).into_bytes()
+            })
+            .collect();
+        let at = |level: i32, key: usize| {
+            let opts = ClientOptions {
+                zstd_level: level,
+                ..ext_opts(None, key, Compression::Zstd)
+            };
+            encoded(&opts, &text).len()
+        };
+        assert_eq!(ClientOptions::default().zstd_level, DEFAULT_ZSTD_LEVEL);
+        // The fast modes trade ratio for speed: -7 makes more bytes than 1,
+        // and 19 no more than 1; every level compresses this text.
+        let (fast, one, max) = (at(-7, 0), at(1, 0), at(19, 0));
+        assert!(fast > one && max <= one, "-7: {fast}, 1: {one}, 19: {max}");
+        assert!(fast < text.len(), "level -7 compresses");
+        // Inside AES (32-byte key: IV + AES-128), the level still applies.
+        assert!(at(-7, 32) > at(1, 32));
+        for level in [-8, 20] {
+            let bad = ClientOptions {
+                zstd_level: level,
+                ..ext_opts(None, 0, Compression::Zstd)
+            };
+            assert!(codec_stack(&bad).is_err(), "level {level} accepted");
+        }
     }
 
     #[test]

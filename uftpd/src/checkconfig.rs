@@ -388,6 +388,18 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
     r.info(
         SESSIONS,
         format!(
+            "zstd (extension codec) downloads are compressed at level {} (ZSTD_LEVEL{})",
+            cfg.zstd_level,
+            if cfg.zstd_level < 0 {
+                ", a fast mode"
+            } else {
+                ""
+            }
+        ),
+    );
+    r.info(
+        SESSIONS,
+        format!(
             "requests expire after {}s; sessions: sendfile {}, PAM sessions {}",
             cfg.request_lifetime.as_secs(),
             if cfg.use_sendfile { "on" } else { "off" },

@@ -39,6 +39,7 @@ pub const KNOWN_VARIABLES: &[&str] = &[
     "REQUEST_LIFETIME",
     "USER_CACHE_SECONDS",
     "GZIP_LEVEL",
+    "ZSTD_LEVEL",
     "COMPRESS_THREADS",
     "CHACHA20_ENGINE",
     "GZIP_ENGINE",
@@ -49,6 +50,9 @@ pub const KNOWN_VARIABLES: &[&str] = &[
 
 /// Default of GZIP_LEVEL (see the constant it names).
 pub const DEFAULT_GZIP_LEVEL: u32 = uftp_datachannel::DEFAULT_GZIP_LEVEL;
+
+/// Default of ZSTD_LEVEL: the zstd codec's own default.
+pub const DEFAULT_ZSTD_LEVEL: i32 = uftpd_zstd::DEFAULT_LEVEL;
 
 /// Default of USER_CACHE_SECONDS: short against the caches of nscd and
 /// sssd, long enough that a burst of requests for one user costs one lookup.
@@ -138,6 +142,9 @@ pub struct Config {
     pub user_cache: Duration,
     /// zlib level (0-9) for gzip-compressed data channels.
     pub gzip_level: u32,
+    /// zstd level (-7..=19; negative: zstd's fast modes) of zstd-compressed
+    /// data channels.
+    pub zstd_level: i32,
     /// Threads compressing one gzip or zstd stream (1-64); `None`: the
     /// machine's cores, at most 4 (the codecs' default).
     pub compress_threads: Option<u32>,
@@ -255,6 +262,21 @@ fn parse_num<T: std::str::FromStr>(
         return Err(invalid());
     }
     v.trim().parse::<T>().map_err(|_| invalid())
+}
+
+/// ZSTD_LEVEL: a whole number in the zstd codec's range (negative levels
+/// are zstd's fast modes).
+fn parse_zstd_level(v: &str) -> Result<i32, ConfigError> {
+    let (lo, hi) = (uftpd_zstd::MIN_LEVEL, uftpd_zstd::MAX_LEVEL);
+    v.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|l| (lo..=hi).contains(l))
+        .ok_or_else(|| ConfigError::Invalid {
+            name: "ZSTD_LEVEL",
+            value: v.to_string(),
+            reason: format!("expected a level {lo} to {hi}"),
+        })
 }
 
 fn parse_port_range(v: &str) -> Result<PortRange, ConfigError> {
@@ -459,6 +481,10 @@ impl Config {
                 Some(v) => parse_num("GZIP_LEVEL", v, 0..=9, "expected a level 0-9")?,
                 None => DEFAULT_GZIP_LEVEL,
             },
+            zstd_level: match get("ZSTD_LEVEL") {
+                Some(v) => parse_zstd_level(v)?,
+                None => DEFAULT_ZSTD_LEVEL,
+            },
             compress_threads: get("COMPRESS_THREADS")
                 .map(|v| {
                     let max = codec_api::MAX_THREADS as u64;
@@ -647,6 +673,9 @@ mod tests {
             ("export PORT_RANGE=6000:5000", "PORT_RANGE"),
             ("export MAX_CONNECTIONS=-1", "MAX_CONNECTIONS"),
             ("export GZIP_LEVEL=10", "GZIP_LEVEL"),
+            ("export ZSTD_LEVEL=20", "ZSTD_LEVEL"),
+            ("export ZSTD_LEVEL=-8", "ZSTD_LEVEL"),
+            ("export ZSTD_LEVEL=fast", "ZSTD_LEVEL"),
             ("export COMPRESS_THREADS=0", "COMPRESS_THREADS"),
             ("export COMPRESS_THREADS=65", "COMPRESS_THREADS"),
             ("export USER_CACHE_SECONDS=-1", "USER_CACHE_SECONDS"),

@@ -49,6 +49,9 @@ pub struct SessionSettings {
     pub switch_user: bool,
     /// gzip level for compressed data channels.
     pub gzip_level: u32,
+    /// zstd level for zstd-compressed data channels (ZSTD_LEVEL).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
     /// Threads per compressed stream, gzip and zstd (COMPRESS_THREADS; `None`: the codec's default).
     #[serde(default)]
     pub compress_threads: Option<u32>,
@@ -66,6 +69,10 @@ pub struct SessionSettings {
     pub plugins: Vec<std::path::PathBuf>,
     /// Config variables from the file, for plugin settings.
     pub file_vars: std::collections::BTreeMap<String, String>,
+}
+
+fn default_zstd_level() -> i32 {
+    crate::config::DEFAULT_ZSTD_LEVEL
 }
 
 fn auto_engine() -> String {
@@ -87,6 +94,7 @@ impl SessionSettings {
             pam_module: c.pam_module.clone(),
             switch_user,
             gzip_level: c.gzip_level,
+            zstd_level: c.zstd_level,
             compress_threads: c.compress_threads,
             gzip_engine: c.gzip_engine.to_string(),
             chacha_engine: c.chacha_engine.to_string(),

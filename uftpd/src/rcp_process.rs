@@ -71,6 +71,8 @@ pub struct RcpJob {
     pub compress: crate::request::Compression,
     /// zlib level of what this side compresses with gzip (GZIP_LEVEL).
     pub gzip_level: u32,
+    /// zstd level of what this side compresses with zstd (ZSTD_LEVEL).
+    pub zstd_level: i32,
     /// Bytes per second, 0 = unlimited.
     pub rate_limit: u64,
     /// Base directory of the session.
@@ -247,6 +249,7 @@ fn run(job: &RcpJob) -> Result<u64, RcpError> {
         algo: job.algo.clone(),
         compress: job.compress.into(),
         gzip_level: job.gzip_level,
+        zstd_level: job.zstd_level,
         timeout: TIMEOUT,
         epsv: false,
     };
@@ -438,6 +441,7 @@ mod tests {
             algo: Some("BLOWFISH".into()),
             compress: crate::request::Compression::None,
             gzip_level: 1,
+            zstd_level: 1,
             rate_limit: 0,
             base: "/b".into(),
             confined: true,

@@ -240,6 +240,8 @@ pub struct CodecSettings<'a> {
     /// zlib level of gzip streams (the wire format is the same at every
     /// level).
     pub gzip_level: u32,
+    /// zstd level of zstd streams (negative: zstd's fast modes).
+    pub zstd_level: i32,
     /// Threads compressing one gzip or zstd stream (`None`: the codec's
     /// default).
     pub compress_threads: Option<u32>,
@@ -254,6 +256,7 @@ impl Default for CodecSettings<'_> {
     fn default() -> Self {
         CodecSettings {
             gzip_level: crate::config::DEFAULT_GZIP_LEVEL,
+            zstd_level: crate::config::DEFAULT_ZSTD_LEVEL,
             compress_threads: None,
             gzip_engine: "auto",
             chacha_engine: "auto",
@@ -264,8 +267,7 @@ impl Default for CodecSettings<'_> {
 impl TransferRequest {
     /// The codec stack of the data channel (encryption, compression), built
     /// and validated from the request's key/algo/compress with the server's
-    /// `settings`; zstd compresses at its default level 1 with the same
-    /// threads as gzip.
+    /// `settings` (levels, threads, engines).
     pub fn codec_stack(
         &self,
         settings: &CodecSettings<'_>,
@@ -303,7 +305,12 @@ impl TransferRequest {
                         .with_option(uftpd_gzip::ENGINE_OPTION, settings.gzip_engine),
                 ),
             ),
-            Compression::Zstd => stack.with(uftpd_zstd::NAME, with_threads(CodecParams::new())),
+            Compression::Zstd => stack.with(
+                uftpd_zstd::NAME,
+                with_threads(
+                    CodecParams::new().with_option("level", settings.zstd_level.to_string()),
+                ),
+            ),
         }
         .map_err(|e| e.to_string())
     }
@@ -557,6 +564,45 @@ mod tests {
         assert_eq!(stack(&r), "zstd");
         let r = req(&[("key", &b64(56)), ("compress", "true")]).expect("legacy");
         assert_eq!(stack(&r), "BLOWFISH+gzip");
+    }
+
+    #[test]
+    fn zstd_level_reaches_the_encoder() {
+        use std::io::Write;
+        // words drawn by an LCG: text with matches near and far, where
+        // the levels differ
+        let mut x = 1u32;
+        let text: Vec<u8> = (0..150_000)
+            .flat_map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                format!("w{} ", (x >> 16) % 3000).into_bytes()
+            })
+            .collect();
+        let r = parse_transfer(&map(&[
+            ("user", "u"),
+            ("secret", "s"),
+            ("compress", "zstd"),
+        ]))
+        .expect("zstd");
+        let at = |zstd_level: i32| {
+            let settings = CodecSettings {
+                zstd_level,
+                compress_threads: Some(1),
+                ..CodecSettings::default()
+            };
+            let stack = r.codec_stack(&settings).expect("stack");
+            let mut wire = Vec::new();
+            let sink = Box::new(codec_api::PlainSink::new(&mut wire));
+            let mut enc = stack.encoder(0, 1, sink).expect("encoder");
+            enc.write_all(&text).expect("write");
+            enc.finish().expect("finish");
+            wire.len()
+        };
+        let (fast, default, max) = (at(-7), at(crate::config::DEFAULT_ZSTD_LEVEL), at(19));
+        assert!(
+            fast > default && max < default,
+            "-7: {fast}, 1: {default}, 19: {max}"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use uftp_client::{Client, ClientOptions, Compression};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: uftpc [-n STREAMS] [-E KEY_BASE64] [-a BLOWFISH|AES|CHACHA20-POLY1305] [-z | -Z | --compress gzip|zstd|none] [--gzip-level 0-9] [--epsv] HOST:PORT SECRET (get REMOTE LOCAL|- | put LOCAL REMOTE | ls [DIR] | sync-to-server LOCAL REMOTE | sync-to-client REMOTE LOCAL | put-archive LOCAL.tar REMOTE_DIR)"
+        "usage: uftpc [-n STREAMS] [-E KEY_BASE64] [-a BLOWFISH|AES|CHACHA20-POLY1305] [-z | -Z | --compress gzip|zstd|none] [--gzip-level 0-9] [--zstd-level -7..19] [--epsv] HOST:PORT SECRET (get REMOTE LOCAL|- | put LOCAL REMOTE | ls [DIR] | sync-to-server LOCAL REMOTE | sync-to-client REMOTE LOCAL | put-archive LOCAL.tar REMOTE_DIR)"
     );
     ExitCode::from(2)
 }
@@ -64,6 +64,19 @@ fn main() -> ExitCode {
                 Some(l) if l <= 9 => opts.gzip_level = l,
                 _ => {
                     eprintln!("uftpc: --gzip-level wants a zlib level 0-9");
+                    return usage();
+                }
+            },
+            "--zstd-level" => match args.next().and_then(|v| v.parse::<i32>().ok()) {
+                Some(l) if (uftpd_zstd::MIN_LEVEL..=uftpd_zstd::MAX_LEVEL).contains(&l) => {
+                    opts.zstd_level = l
+                }
+                _ => {
+                    eprintln!(
+                        "uftpc: --zstd-level wants a zstd level {} to {}",
+                        uftpd_zstd::MIN_LEVEL,
+                        uftpd_zstd::MAX_LEVEL
+                    );
                     return usage();
                 }
             },

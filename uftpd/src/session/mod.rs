@@ -418,6 +418,7 @@ impl Session {
             .map_err(|e| format!("control connection: {e}"))?;
         let stack = request.codec_stack(&CodecSettings {
             gzip_level: settings.gzip_level,
+            zstd_level: settings.zstd_level,
             compress_threads: settings.compress_threads,
             gzip_engine: &settings.gzip_engine,
             chacha_engine: &settings.chacha_engine,

@@ -207,6 +207,7 @@ impl Session {
             algo: self.request.key.as_ref().map(|k| k.algo.to_string()),
             compress: self.request.compress,
             gzip_level: self.settings.gzip_level,
+            zstd_level: self.settings.zstd_level,
             rate_limit: self.opts.rate_limit,
             base: self.base.clone(),
             confined: self.base != "/",
