@@ -2,7 +2,7 @@
 """Profile ONE uftpd transfer, to see where a benchmark gap comes from.
 
     bench/profile.py [--tool perf|callgrind|strace] [--streams N]
-                     [--codec plain|Blowfish|AES-128|AES-256|gzip|gzip+AES-128|zstd|ChaCha20-Poly1305]
+                     [--codec plain|Blowfish|AES-128|AES-256|gzip|gzip+AES-128|zstd|"zstd -1"|ChaCha20-Poly1305]
                      [--dir down|up] [--mib SIZE] [--client curl|uftpc]
                      [--side server|client]
 
@@ -79,7 +79,7 @@ def main():
     if a.side == "client":
         case += "-client"
     out = pathlib.Path(f"/tmp/uftpd-prof-{a.tool}-{case}")
-    srv = D.Uftpd(env)
+    srv = D.Uftpd(env, D.CODEC_SERVER_CONFIG.get(a.codec))
     conf = env.work / "uftpd.conf"
     conf.write_text("".join(f'export {k}="{v}"\n' for k, v in srv.config().items()))
     daemon = [env.uftpd_bin, "--config", str(conf)]
@@ -116,7 +116,8 @@ def main():
                     else D.curl_put(srv, secret, src, "up.bin"))
         else:
             argv = D.uftpc(srv, secret, ["get", "f.bin", "/dev/null"] if a.dir == "down"
-                           else ["put", str(src), "up.bin"], **kw)
+                           else ["put", str(src), "up.bin"], **kw,
+                           **D.CODEC_CLIENT_OPTIONS.get(a.codec, {}))
         if a.side == "client":
             argv = wrap + argv
         t0 = time.monotonic()
