@@ -569,15 +569,12 @@ mod tests {
     #[test]
     fn zstd_level_reaches_the_encoder() {
         use std::io::Write;
-        // words drawn by an LCG: text with matches near and far, where
-        // the levels differ
-        let mut x = 1u32;
-        let text: Vec<u8> = (0..150_000)
-            .flat_map(|_| {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                format!("w{} ", (x >> 16) % 3000).into_bytes()
-            })
-            .collect();
+        // Source text (this crate's own), where the levels differ.
+        let text = [
+            include_bytes!("config.rs").as_slice(),
+            include_bytes!("request.rs"),
+        ]
+        .concat();
         let r = parse_transfer(&map(&[
             ("user", "u"),
             ("secret", "s"),
