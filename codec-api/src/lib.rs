@@ -305,6 +305,56 @@ impl CodecParams {
         }
     }
 
+    /// An option naming one of several choices, parsed by `T`'s `FromStr`
+    /// (whose error says what is accepted), `default` when absent; `check`
+    /// may still refuse a parsed choice (an engine this machine cannot
+    /// load). A refusal is [`CodecError::InvalidOption`] for `codec`.
+    ///
+    /// ```
+    /// use codec_api::CodecParams;
+    /// #[derive(Debug, PartialEq)]
+    /// struct YesNo(bool);
+    /// impl std::str::FromStr for YesNo {
+    ///     type Err = String;
+    ///     fn from_str(s: &str) -> Result<Self, String> {
+    ///         match s {
+    ///             "yes" => Ok(YesNo(true)),
+    ///             "no" => Ok(YesNo(false)),
+    ///             _ => Err(format!("unknown '{s}': expected yes or no")),
+    ///         }
+    ///     }
+    /// }
+    /// let p = CodecParams::new().with_option("fast", "no");
+    /// assert_eq!(p.choice_option("x", "fast", YesNo(true), |_| Ok(())).unwrap(), YesNo(false));
+    /// let p = CodecParams::new().with_option("fast", "maybe");
+    /// assert!(p.choice_option("x", "fast", YesNo(true), |_| Ok(())).is_err());
+    /// let p = CodecParams::new().with_option("fast", "yes");
+    /// assert!(p.choice_option("x", "fast", YesNo(false), |_| Err("not here".into())).is_err());
+    /// ```
+    pub fn choice_option<T>(
+        &self,
+        codec: &'static str,
+        name: &str,
+        default: T,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Result<T, CodecError>
+    where
+        T: std::str::FromStr<Err = String>,
+    {
+        let Some(v) = self.option(name) else {
+            return Ok(default);
+        };
+        let invalid = |reason: String| CodecError::InvalidOption {
+            codec,
+            name: name.into(),
+            value: v.into(),
+            reason,
+        };
+        let choice: T = v.parse().map_err(invalid)?;
+        check(&choice).map_err(invalid)?;
+        Ok(choice)
+    }
+
     /// The `threads` option of a codec that compresses ONE stream with
     /// several threads: 1..=[`MAX_THREADS`], default [`default_threads`].
     ///

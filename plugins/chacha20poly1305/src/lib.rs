@@ -308,20 +308,10 @@ impl Engine {
 }
 
 fn engine_of(params: &CodecParams) -> Result<Engine, CodecError> {
-    let invalid = |value: &str, reason: String| CodecError::InvalidOption {
-        codec: NAME,
-        name: ENGINE_OPTION.into(),
-        value: value.into(),
-        reason,
-    };
-    let Some(v) = params.option(ENGINE_OPTION) else {
-        return Ok(Engine::Auto);
-    };
-    let engine: Engine = v.parse().map_err(|e| invalid(v, e))?;
-    if engine == Engine::Libcrypto {
-        libcrypto::load().map_err(|why| invalid(v, why.to_string()))?;
-    }
-    Ok(engine)
+    params.choice_option(NAME, ENGINE_OPTION, Engine::Auto, |e| match e {
+        Engine::Libcrypto => libcrypto::load().map(drop).map_err(str::to_string),
+        Engine::Auto | Engine::Ring => Ok(()),
+    })
 }
 
 /// The AEAD of one direction of one stream.

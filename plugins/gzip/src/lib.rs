@@ -168,20 +168,10 @@ impl Engine {
 
 /// Reads the `engine` option ([`ENGINE_OPTION`], default `auto`).
 pub fn engine(params: &CodecParams) -> Result<Engine, CodecError> {
-    let Some(v) = params.option(ENGINE_OPTION) else {
-        return Ok(Engine::Auto);
-    };
-    let invalid = |reason: String| CodecError::InvalidOption {
-        codec: NAME,
-        name: ENGINE_OPTION.into(),
-        value: v.into(),
-        reason,
-    };
-    let e: Engine = v.parse().map_err(invalid)?;
-    if e == Engine::Isal {
-        isal::load().map_err(|why| invalid(why.to_string()))?;
-    }
-    Ok(e)
+    params.choice_option(NAME, ENGINE_OPTION, Engine::Auto, |e| match e {
+        Engine::Isal => isal::load().map(drop).map_err(str::to_string),
+        Engine::Auto | Engine::Zlib => Ok(()),
+    })
 }
 
 /// Reads the `threads` option (1..=[`codec_api::MAX_THREADS`], default
