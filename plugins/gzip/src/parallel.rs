@@ -42,15 +42,6 @@ pub(crate) enum EngineSpec {
     Isal(&'static crate::isal::Api, u32),
 }
 
-impl EngineSpec {
-    fn level(&self) -> u32 {
-        match self {
-            EngineSpec::Zlib(c) => c.level(),
-            EngineSpec::Isal(_, l) => *l,
-        }
-    }
-}
-
 enum Deflate {
     Zlib(Box<Compress>),
     Isal(crate::isal::Deflater),
@@ -360,7 +351,6 @@ impl std::fmt::Debug for ParallelGzipWriter<'_> {
         f.debug_struct("ParallelGzipWriter")
             .field("threads", &self.workers.len())
             .field("engine", &self.spec)
-            .field("level", &self.spec.level())
             .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
