@@ -955,12 +955,16 @@ def uftpd_gzip_speed(env, path, level=1, threads=None, engine="zlib"):
             "cpu_gib": cpu / (size / GiB), "threads": threads}
 
 
+def zstd_bench_args(level):
+    """`zstd`'s benchmark mode at `level` (negative: its fast modes)."""
+    return [f"-b{level}"] if level > 0 else ["-b", f"--fast={-level}"]
+
+
 def zstd_speed(path, level=1):
     if not shutil.which("zstd"):
         return None
-    lv = [f"-b{level}"] if level > 0 else ["-b", f"--fast={-level}"]
-    r = subprocess.run(["zstd", *lv, "-i2", str(path)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(["zstd", *zstd_bench_args(level), "-i2", str(path)], capture_output=True,
+                       text=True, timeout=300)
     text = (r.stdout + r.stderr).replace("\r", "\n")
     m = None
     for m in re.finditer(r"\(x?([\d.]+)\),\s*([\d.]+) MB/s,\s*([\d.]+) MB/s", text):
@@ -990,8 +994,8 @@ def measure_limits(env, R):
     L["uftpd_gzip1"] = uftpd_gzip_speed(env, env.data / "semi.bin", threads=1)
     L["uftpd_gzip1_mt"] = uftpd_gzip_speed(env, env.data / "semi.bin")
     L["uftpd_isal1"] = uftpd_gzip_speed(env, env.data / "semi.bin", threads=1, engine="isal")
-    L["zstd"] = zstd_speed(env.data / "semi.bin")
-    L["zstd_fast"] = zstd_speed(env.data / "semi.bin", level=ZSTD_FAST_LEVEL)
+    for key, level in ZSTD_LEVELS.values():
+        L[key] = zstd_speed(env.data / "semi.bin", level=level)
     R["limits"] = L
 
 
@@ -1143,6 +1147,8 @@ def case2(env, R):
 # first fast mode makes about what ISA-L's level 1 makes of semi.bin (1.34
 # vs 1.38), its default level 1 much more (1.72)
 ZSTD_FAST_LEVEL = -1
+# case 3's zstd labels -> (their key in the limits, the zstd level)
+ZSTD_LEVELS = {"zstd": ("zstd", 1), f"zstd {ZSTD_FAST_LEVEL}": ("zstd_fast", ZSTD_FAST_LEVEL)}
 
 CODECS = [
     # label, key length, algo, compress (False, True = gzip, "zstd")
@@ -1156,7 +1162,7 @@ CODECS = [
     ("ChaCha20-Poly1305", 32, "CHACHA20-POLY1305", False),
 ]
 # uftpd's negotiated extensions: the Python UFTPD 3.x has no such codec
-EXTENSION_CODECS = {"zstd", f"zstd {ZSTD_FAST_LEVEL}", "ChaCha20-Poly1305"}
+EXTENSION_CODECS = {*ZSTD_LEVELS, "ChaCha20-Poly1305"}
 # codecs served by a uftpd of their own with these settings (and uftpc
 # options for what it compresses)
 CODEC_SERVER_CONFIG = {f"zstd {ZSTD_FAST_LEVEL}": {"ZSTD_LEVEL": str(ZSTD_FAST_LEVEL)}}
@@ -1566,8 +1572,8 @@ def codec_limit(R, label, d):
         if d == "up":
             _, so, _, co = CODEC_CEIL[label]
         s, c = L.get(so), L.get(co)
-    elif label.startswith("zstd"):
-        z = L.get("zstd" if label == "zstd" else "zstd_fast") or {}
+    elif label in ZSTD_LEVELS:
+        z = L.get(ZSTD_LEVELS[label][0]) or {}
         s = z.get("compress" if d == "down" else "decompress")
         c = z.get("decompress" if d == "down" else "compress")
     elif label == "ChaCha20-Poly1305":
@@ -1681,8 +1687,8 @@ def write_report(env, R, path):
             if u:
                 w(f"| uftpd's gzip at GZIP_LEVEL 1 ({t}) (ratio {u['ratio']:.2f}) | "
                   f"{fmt(u['compress'])} | {fmt(u['cpu_gib'], 1)} |")
-        for k, z_args in (("zstd", "-b1"), ("zstd_fast", f"-b --fast={-ZSTD_FAST_LEVEL}")):
-            z = L.get(k)
+        for k, level in ZSTD_LEVELS.values():
+            z, z_args = L.get(k), " ".join(zstd_bench_args(level))
             if z:
                 w(f"| zstd {z_args} compress, 1 core (ratio {z['ratio']:.2f}) | {fmt(z['compress'])} | {fmt(1024 / z['compress'], 1)} |")
                 w(f"| zstd {z_args} decompress, 1 core | {fmt(z['decompress'])} | {fmt(1024 / z['decompress'], 1)} |")
@@ -1909,12 +1915,10 @@ def targets(env, R):
                          f"({fmt(m(u))} vs {fmt(m(p))} MiB/s)",
                          yes(None if not p or not m(p) else m(u) >= want * m(p))))
     gz_ratio = gzip_ratio(R)
-    zstd_ratios = {"zstd": (L.get("zstd") or {}).get("ratio"),
-                   f"zstd {ZSTD_FAST_LEVEL}": (L.get("zstd_fast") or {}).get("ratio")}
     for d, dl in (("down", "download"), ("up", "upload")):
         g = c3.get(("uftpd", "gzip", 1, d))
-        for zl, lv in (("zstd", "ZSTD_LEVEL 1"), (f"zstd {ZSTD_FAST_LEVEL}", f"ZSTD_LEVEL {ZSTD_FAST_LEVEL}")):
-            z, zr = c3.get(("uftpd", zl, 1, d)), zstd_ratios[zl]
+        for zl, (key, level) in ZSTD_LEVELS.items():
+            z, zr, lv = c3.get(("uftpd", zl, 1, d)), (L.get(key) or {}).get("ratio"), f"ZSTD_LEVEL {level}"
             if not z or not m(z):
                 continue
             # the target compares at a similar ratio: within 10 % of gzip's
