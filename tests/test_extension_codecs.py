@@ -613,13 +613,7 @@ def zstd_wire(site, data_name, streams):
     through the stack) and the decoded data."""
     stack = ExtStack(zstd=True)
     c = site.control(**stack.request_fields())
-    socks = dc.open_channel(c, streams)
-    try:
-        r150 = c.cmd(f"RETR {data_name}")
-        assert r150.code == 150, r150
-        wires = dc.read_all_concurrently(socks)
-    finally:
-        dc.close_all(socks)
+    _, wires = dc.retr_wires(c, data_name, streams)
     assert c.read_reply().code == 226
     return wires, stack.decode_channel(wires)
 

@@ -263,8 +263,9 @@ def bytes_available(r150):
     return int(r150.last.split(" ")[2])
 
 
-def retr(c, path, n, stack, pre=()):
-    """RETR over n streams with the stack: returns (150 reply, decoded data, 226 reply)."""
+def retr_wires(c, path, n, pre=()):
+    """RETR over n streams: returns (150 reply, the raw bytes of each stream);
+    the final reply is still to be read."""
     for cmd in pre:
         r = c.cmd(cmd)
         assert r.code < 400, f"{cmd}: {r}"
@@ -272,9 +273,14 @@ def retr(c, path, n, stack, pre=()):
     try:
         r150 = c.cmd(f"RETR {path}")
         assert r150.code == 150, f"RETR {path}: {r150}"
-        wires = read_all_concurrently(socks)
+        return r150, read_all_concurrently(socks)
     finally:
         close_all(socks)
+
+
+def retr(c, path, n, stack, pre=()):
+    """RETR over n streams with the stack: returns (150 reply, decoded data, 226 reply)."""
+    r150, wires = retr_wires(c, path, n, pre)
     data = stack.decode_channel(wires)
     return r150, data, c.read_reply()
 
