@@ -25,7 +25,7 @@ import pytest
 
 from conftest import use_daemon
 from helpers import datacodec as dc
-from helpers.daemon import LOOPBACK, REPO, uftpd_bin
+from helpers.daemon import LOOPBACK, REPO, run_check_config
 
 MAX_STREAMS = dc.CODEC_CONFIG["MAX_STREAMS"]
 STREAMS = list(range(1, MAX_STREAMS + 1))
@@ -452,8 +452,7 @@ def test_gzip_engine_makes_the_same_format(daemon_factory, site_factory, engine,
                        GZIP_ENGINE=engine, GZIP_LEVEL=level, COMPRESS_THREADS="1",
                        **dc.CODEC_CONFIG)
     gzip_both_ways(site_factory(daemon=d), 700_000, f"{engine} level {level}", upload=True)
-    r = subprocess.run([str(uftpd_bin()), "check-config", "--config", str(d.config_file)],
-                       capture_output=True, text=True, timeout=60)
+    r = run_check_config(d.config_file)
     want = {"zlib": f"compressed by zlib-rs level {level}",
             "isal": f"compressed by ISA-L (libisal.so.2) level {level}",
             "auto": f"compressed by zlib-rs level {level}"}[engine]

@@ -32,7 +32,7 @@ from Crypto.Protocol.KDF import HKDF
 
 from conftest import use_daemon
 from helpers import datacodec as dc
-from helpers.daemon import LOOPBACK, uftpd_bin
+from helpers.daemon import LOOPBACK, run_check_config, uftpd_bin
 
 MAX_STREAMS = dc.CODEC_CONFIG["MAX_STREAMS"]
 CHACHA = "CHACHA20-POLY1305"
@@ -592,8 +592,7 @@ def test_chacha_engine_setting_keeps_the_wire_format(daemon_factory, site_factor
         assert s.path(f"c{n}.bin").read_bytes() == data
     conf = tmp_path / "check.conf"
     conf.write_text(f"export CHACHA20_ENGINE={engine}\nexport SERVER_PORT=1\n")
-    r = subprocess.run([str(uftpd_bin()), "check-config", "--config", str(conf)],
-                       capture_output=True, text=True, timeout=60)
+    r = run_check_config(conf)
     want = "runs on ring" if engine == "ring" else "runs on libcrypto (OpenSSL"
     assert want in r.stdout, r.stdout + r.stderr
 
@@ -638,8 +637,7 @@ def test_zstd_level_setting_reaches_the_wire(daemon_factory, site_factory):
             wires, got = zstd_wire(s, "t.txt", n)
             assert got == data, f"ZSTD_LEVEL={level}, {n} streams"
             sizes[(level, n)] = sum(len(w) for w in wires)
-        r = subprocess.run([str(uftpd_bin()), "check-config", "--config", str(d.config_file)],
-                           capture_output=True, text=True, timeout=60)
+        r = run_check_config(d.config_file)
         want = {"-7": "at level -7 (ZSTD_LEVEL, a fast mode)", None: "at level 1 (ZSTD_LEVEL)",
                 "19": "at level 19 (ZSTD_LEVEL)"}[level]
         assert "zstd (extension codec) downloads are compressed " + want in r.stdout, r.stdout

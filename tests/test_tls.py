@@ -19,7 +19,7 @@ import time
 import pytest
 
 from helpers import cmdport
-from helpers.daemon import LOOPBACK, free_port, is_reference, uftpd_bin
+from helpers.daemon import LOOPBACK, free_port, is_reference, run_check_config
 
 OPENSSL = shutil.which("openssl")
 
@@ -369,9 +369,7 @@ def test_huge_request_over_tls_is_cut_off(daemon_factory, workdir, pki):
 
 
 def check_config(config_file, env=None):
-    r = subprocess.run([str(uftpd_bin()), "check-config", "--config", str(config_file)],
-                       capture_output=True, text=True, timeout=60,
-                       env={**os.environ, **(env or {})})
+    r = run_check_config(config_file, env)
     return r.returncode, r.stdout + r.stderr
 
 

@@ -52,6 +52,14 @@ def uftpd_bin():
     return pathlib.Path(os.environ.get("UFTPD_BIN", REPO / "target" / "release" / "uftpd"))
 
 
+def run_check_config(config_file, env=None):
+    """`uftpd check-config --config FILE` (with `env` added to the
+    environment): the finished process, output as text."""
+    return subprocess.run([str(uftpd_bin()), "check-config", "--config", str(config_file)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
 _GIVEN_PORTS = set()
 
 
