@@ -447,7 +447,8 @@ def test_gzip_engine_makes_the_same_format(daemon_factory, site_factory, engine,
     zlib (wbits=31, strict) reads one member with every byte, plain and
     inside AES, over one and two streams, also with COMPRESS_THREADS=1
     (ISA-L then compresses in the stream's own thread); uploads compressed
-    by Python land byte for byte; check-config names the engine."""
+    by Python land byte for byte, decompressed by the same engine (ISA-L
+    at any level); check-config names the engines."""
     d = daemon_factory(name=f"uftpd GZIP_ENGINE={engine} GZIP_LEVEL={level}",
                        GZIP_ENGINE=engine, GZIP_LEVEL=level, COMPRESS_THREADS="1",
                        **dc.CODEC_CONFIG)
@@ -457,6 +458,9 @@ def test_gzip_engine_makes_the_same_format(daemon_factory, site_factory, engine,
             "isal": f"compressed by ISA-L (libisal.so.2) level {level}",
             "auto": f"compressed by zlib-rs level {level}"}[engine]
     assert want in r.stdout, r.stdout + r.stderr
+    inflate = "zlib-rs" if engine == "zlib" else "ISA-L (libisal.so.2)"
+    assert f"gzip uploads are decompressed by {inflate} (GZIP_ENGINE={engine})" in r.stdout, \
+        r.stdout + r.stderr
 
 
 # ---------------------------------------------------------------- a file that shrinks

@@ -376,6 +376,18 @@ pub fn check(cfg: &Config, privileged: bool, probe_ports: bool) -> Report {
     engine_line(
         &mut r,
         SESSIONS,
+        cfg.gzip_engine.describe_decoder(),
+        |engine| {
+            format!(
+                "gzip uploads are decompressed by {engine} (GZIP_ENGINE={})",
+                cfg.gzip_engine
+            )
+        },
+        |why| format!("GZIP_ENGINE=isal, but ISA-L cannot decompress: {why}"),
+    );
+    engine_line(
+        &mut r,
+        SESSIONS,
         cfg.chacha_engine.describe(),
         |engine| {
             format!(

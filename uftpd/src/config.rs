@@ -148,8 +148,9 @@ pub struct Config {
     /// Threads compressing one gzip or zstd stream (1-64); `None`: the
     /// machine's cores, at most 4 (the codecs' default).
     pub compress_threads: Option<u32>,
-    /// Deflate implementation of gzip downloads (GZIP_ENGINE: auto, zlib
-    /// or isal; the wire format is the same).
+    /// Deflate implementation of gzip downloads and inflate of gzip
+    /// uploads (GZIP_ENGINE: auto, zlib or isal; the wire format is the
+    /// same).
     pub gzip_engine: uftpd_gzip::Engine,
     /// Implementation of the ChaCha20-Poly1305 extension codec
     /// (CHACHA20_ENGINE: auto, ring or libcrypto; the wire format is the
@@ -501,7 +502,7 @@ impl Config {
                 get("GZIP_ENGINE"),
                 uftpd_gzip::Engine::Auto,
                 "ISA-L",
-                |e| e.describe(1),
+                |e| e.describe(1).and(e.describe_decoder()),
             )?,
             chacha_engine: engine_setting(
                 "CHACHA20_ENGINE",

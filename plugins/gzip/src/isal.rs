@@ -16,12 +16,21 @@
 //! place since its 2.x releases; the rest of the structure (its internal
 //! state) is opaque here and gets a generous allocation.
 //!
-//! Only compression uses ISA-L. Its inflate was tried as the decoder and
-//! dropped: when input arrives in small pieces it reads ahead past the end
-//! of the deflate data into buffers of its own and does not always give
-//! those bytes back, so where the gzip trailer starts becomes a guess, and
+//! Decoding: ISA-L's inflate in its `ISAL_GZIP_NO_HDR_VER` mode. The
+//! member header is parsed by `member.rs` (every RFC 1952 flag); ISA-L
+//! inflates the deflate data and then reads the 8-byte trailer itself and
+//! checks its CRC-32 and length. It holds at most 64 bits of look-ahead,
+//! which at the end of the deflate data are the padding bits and the first
+//! trailer bytes, so when it says the member is finished it has taken
+//! exactly the member's bytes and not one more: the next member (or the
+//! end of the stream) starts there. (A first attempt ran ISA-L on raw
+//! deflate and looked for the trailer itself; where ISA-L had already
+//! taken trailer bytes into its bit buffer that search had to guess, and
 //! one guess accepted a stream cut inside an empty member's all-zero
-//! trailer. zlib-rs reports exactly what it used.
+//! trailer. This mode needs no guess.) Two fields beyond the public head
+//! of `struct inflate_state` are used, `block_state` and `crc_flag`, at
+//! offsets that have not moved in ISA-L 2.28-2.32.1; [`load_inflate`]
+//! checks them on the loaded library before any decoding.
 //!
 //! Each piece of the parallel gzip writer (see `parallel.rs`) is one
 //! `isal_deflate_init`, an optional `isal_deflate_set_dict` (the 32 KiB
@@ -89,6 +98,48 @@ const _: () = assert!(std::mem::size_of::<ZStreamHead>() == 64);
 type InitFn = unsafe extern "C" fn(*mut ZStreamHead);
 type SetDictFn = unsafe extern "C" fn(*mut ZStreamHead, *const u8, u32) -> c_int;
 type DeflateFn = unsafe extern "C" fn(*mut ZStreamHead) -> c_int;
+type InflateInitFn = unsafe extern "C" fn(*mut InflateHead);
+type InflateFn = unsafe extern "C" fn(*mut InflateHead) -> c_int;
+
+/// The public head of `struct inflate_state` (igzip_lib.h).
+#[repr(C)]
+struct InflateHead {
+    next_out: *mut u8,
+    avail_out: u32,
+    total_out: u32,
+    next_in: *const u8,
+    read_in: u64,
+    avail_in: u32,
+    read_in_length: i32,
+}
+
+const _: () = assert!(std::mem::size_of::<InflateHead>() == 40);
+
+/// Offset of `block_state` (`enum isal_block_state`, 4 bytes) in `struct
+/// inflate_state`: after the head and the two Huffman tables, the same in
+/// every ISA-L release from 2.28 to 2.32.1 on x86-64 (checked against
+/// their headers). [`load_inflate`] confirms it on the loaded library.
+const BLOCK_STATE_OFFSET: usize = 21_160;
+/// Offset of `crc_flag` (uint32_t): after `block_state`, `dict_length`
+/// and `bfinal`.
+const CRC_FLAG_OFFSET: usize = BLOCK_STATE_OFFSET + 12;
+/// `ISAL_BLOCK_NEW_HDR` and `ISAL_BLOCK_FINISH` of `enum isal_block_state`.
+const BLOCK_NEW_HDR: u32 = 0;
+const BLOCK_FINISH: u32 = 5;
+/// `ISAL_GZIP_NO_HDR_VER`: no header parsing, CRC-32 of the output, and
+/// the gzip trailer read and checked after the deflate data.
+const GZIP_NO_HDR_VER: u32 = 6;
+/// `ISAL_INCORRECT_CHECKSUM`.
+const INCORRECT_CHECKSUM: c_int = -6;
+/// Bytes allocated for `struct inflate_state` (87,368 in 2.28-2.32.1).
+const INFLATE_SIZE: usize = 256 * 1024;
+
+const _: () = assert!(
+    CRC_FLAG_OFFSET + 4 <= INFLATE_SIZE
+        && BLOCK_STATE_OFFSET.is_multiple_of(4)
+        && CRC_FLAG_OFFSET.is_multiple_of(4)
+);
+
 /// The entry points used, resolved once; the library handle lives with
 /// them in a static that is never dropped, so they stay valid.
 pub(crate) struct Api {
@@ -96,6 +147,8 @@ pub(crate) struct Api {
     init: InitFn,
     set_dict: SetDictFn,
     deflate: DeflateFn,
+    inflate_init: InflateInitFn,
+    inflate: InflateFn,
 }
 
 impl std::fmt::Debug for Api {
@@ -105,11 +158,23 @@ impl std::fmt::Debug for Api {
 }
 
 static ENGINE: codec_api::CheckedEngine<Api> = codec_api::CheckedEngine::new();
+static INFLATE_CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
 
 /// The checked engine, loaded on first use; `Err` says why it cannot be
 /// used (not installed, or a failed self-test).
 pub(crate) fn load() -> Result<&'static Api, &'static str> {
     ENGINE.get(open, self_test)
+}
+
+/// The engine for decoding: [`load`] and, the first time, the inflate
+/// self-test ([`inflate_self_test`]); `Err` says why ISA-L cannot decode.
+pub(crate) fn load_inflate() -> Result<&'static Api, &'static str> {
+    let api = load()?;
+    INFLATE_CHECKED
+        .get_or_init(|| inflate_self_test(api))
+        .as_ref()
+        .map_err(String::as_str)?;
+    Ok(api)
 }
 
 fn open() -> Result<Api, String> {
@@ -132,12 +197,15 @@ fn open() -> Result<Api, String> {
     // isal_deflate_init(struct isal_zstream *)`, `int
     // isal_deflate_set_dict(struct isal_zstream *, uint8_t *, uint32_t)`
     // (the dictionary is only read), `int isal_deflate(struct isal_zstream
-    // *)`.
+    // *)`, `void isal_inflate_init(struct inflate_state *)`, `int
+    // isal_inflate(struct inflate_state *)`.
     unsafe {
         Ok(Api {
             init: get(&lib, "isal_deflate_init")?,
             set_dict: get(&lib, "isal_deflate_set_dict")?,
             deflate: get(&lib, "isal_deflate")?,
+            inflate_init: get(&lib, "isal_inflate_init")?,
+            inflate: get(&lib, "isal_inflate")?,
             _lib: lib,
         })
     }
@@ -270,11 +338,158 @@ impl Deflater {
     }
 }
 
-/// Compresses a sample in two pieces (the second primed with the end of
-/// the first, as the parallel writer does) at each level, and checks that
-/// zlib-rs inflates it back unchanged.
-fn self_test(api: &'static Api) -> Result<(), String> {
-    use std::io::Read;
+/// One gzip member decompressor: the `inflate_state`, reused for every
+/// member (the caller parses each member's header, ISA-L the rest).
+pub(crate) struct Inflater {
+    api: &'static Api,
+    state: NonNull<InflateHead>,
+}
+
+// SAFETY: as for `Deflater`: the state belongs to this value alone and
+// every call takes `&mut self`.
+unsafe impl Send for Inflater {}
+
+impl std::fmt::Debug for Inflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("isal::Inflater")
+    }
+}
+
+/// Checked when compiling, as `STREAM_LAYOUT`.
+const INFLATE_LAYOUT: Layout = match Layout::from_size_align(INFLATE_SIZE, STREAM_ALIGN) {
+    Ok(l) => l,
+    Err(_) => panic!("invalid ISA-L inflate layout"),
+};
+
+impl Drop for Inflater {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { dealloc(self.state.as_ptr().cast(), INFLATE_LAYOUT) }
+    }
+}
+
+/// What one [`Inflater::run`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Step {
+    /// Input bytes taken (ISA-L keeps what it has taken but not decoded yet
+    /// in its own buffers; all of it belongs to the member).
+    pub(crate) consumed: usize,
+    /// Output bytes written.
+    pub(crate) produced: usize,
+    /// The member is complete: deflate data decoded, all output handed
+    /// out, trailer read and found correct. Exactly the member's bytes
+    /// have been taken.
+    pub(crate) finished: bool,
+}
+
+impl Inflater {
+    /// A decompressor ready for the deflate data of a member. Use
+    /// [`load_inflate`] for `api`: it has checked the offsets used here.
+    pub(crate) fn new(api: &'static Api) -> io::Result<Self> {
+        // SAFETY: a non-zero size; the result is checked for null.
+        let raw = unsafe { alloc_zeroed(INFLATE_LAYOUT) };
+        let state = NonNull::new(raw.cast::<InflateHead>())
+            .ok_or_else(|| io::Error::other("out of memory for an ISA-L inflate state"))?;
+        let mut i = Inflater { api, state };
+        i.reset();
+        Ok(i)
+    }
+
+    /// The `u32` at `offset` of the state: [`BLOCK_STATE_OFFSET`] or
+    /// [`CRC_FLAG_OFFSET`], both inside the INFLATE_SIZE bytes of the
+    /// allocation and 4-aligned (checked when compiling, above; the
+    /// allocation is 64-aligned), so the pointer may be read and written.
+    fn word(&self, offset: usize) -> *mut u32 {
+        debug_assert!(offset == BLOCK_STATE_OFFSET || offset == CRC_FLAG_OFFSET);
+        self.state
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(offset)
+            .cast::<u32>()
+    }
+
+    fn block_state(&self) -> u32 {
+        // SAFETY: see `word`; the state is initialised (`new` resets it).
+        unsafe { self.word(BLOCK_STATE_OFFSET).read() }
+    }
+
+    fn crc_flag(&self) -> u32 {
+        // SAFETY: as in `block_state`.
+        unsafe { self.word(CRC_FLAG_OFFSET).read() }
+    }
+
+    /// Starts a new member's deflate data: `isal_inflate_init`, then
+    /// `crc_flag` = `ISAL_GZIP_NO_HDR_VER` (init sets it to 0, raw
+    /// deflate).
+    pub(crate) fn reset(&mut self) {
+        // SAFETY: `state` points to INFLATE_SIZE bytes owned by `self`,
+        // more than ISA-L's structure; init only writes it. The write of
+        // `crc_flag` is inside the allocation (see `word`).
+        unsafe {
+            (self.api.inflate_init)(self.state.as_ptr());
+            self.word(CRC_FLAG_OFFSET).write(GZIP_NO_HDR_VER);
+        }
+    }
+
+    /// Decodes from `input` into `out`. Errors are `InvalidData`: corrupt
+    /// deflate data, or a trailer whose CRC-32 or length does not match.
+    pub(crate) fn run(&mut self, input: &[u8], out: &mut [u8]) -> io::Result<Step> {
+        let avail_in = u32::try_from(input.len()).unwrap_or(u32::MAX);
+        let avail_out = u32::try_from(out.len()).unwrap_or(u32::MAX);
+        let s = self.state.as_ptr();
+        {
+            // SAFETY: the head fields are at the offsets of igzip_lib.h
+            // (the `repr(C)` mirror above); `s` is valid and exclusively
+            // ours for this block.
+            let head = unsafe { &mut *s };
+            head.next_in = input.as_ptr();
+            head.avail_in = avail_in;
+            head.next_out = out.as_mut_ptr();
+            head.avail_out = avail_out;
+        }
+        // SAFETY: next_in/avail_in describe readable `input`,
+        // next_out/avail_out writable `out`, both at most their lengths;
+        // ISA-L keeps no pointer into either after returning (input it has
+        // taken but not decoded goes to its own bit buffer or `tmp_in_buffer`).
+        let rc = unsafe { (self.api.inflate)(s) };
+        // SAFETY: as above; ISA-L has returned.
+        let head = unsafe { &*s };
+        match rc {
+            0 => {}
+            INCORRECT_CHECKSUM => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "CRC-32 or length mismatch in a member trailer (corrupt data)",
+                ));
+            }
+            rc => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("corrupt deflate data (ISA-L error {rc})"),
+                ));
+            }
+        }
+        let finished = self.block_state() == BLOCK_FINISH;
+        if finished && head.read_in_length >= 8 {
+            // Cannot happen in this mode: the trailer check takes every
+            // whole byte out of the bit buffer (what may stay are the
+            // padding bits of the last deflate byte, before the trailer).
+            // If a library ever kept a byte there, bytes after the member
+            // would be lost, so refuse rather than guess.
+            return Err(io::Error::other(
+                "ISA-L kept input past the end of a gzip member",
+            ));
+        }
+        Ok(Step {
+            consumed: (avail_in - head.avail_in) as usize,
+            produced: (avail_out - head.avail_out) as usize,
+            finished,
+        })
+    }
+}
+
+/// A sample of text and noise (about 200 KB), compressible about 2:1.
+fn sample() -> Vec<u8> {
     let mut sample = Vec::with_capacity(200_000);
     let mut x: u32 = 0x1234_5678;
     for i in 0..2_000u32 {
@@ -286,6 +501,98 @@ fn self_test(api: &'static Api) -> Result<(), String> {
             sample.push((x & 0xff) as u8);
         }
     }
+    sample
+}
+
+/// Checks the inflate side on the loaded library before it decodes
+/// anything: first the layout (the state is filled with a pattern, and
+/// `isal_inflate_init` must write `ISAL_BLOCK_NEW_HDR` at
+/// [`BLOCK_STATE_OFFSET`] and 0 at [`CRC_FLAG_OFFSET`], or those are not
+/// the fields of this build), then the member reader on two gzip members
+/// of the sample (compressed by zlib-rs) from input in uneven pieces, and
+/// that a wrong CRC-32, a wrong length and a missing last byte are each
+/// refused (which also shows that `crc_flag` selected the trailer check).
+fn inflate_self_test(api: &'static Api) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let fail = |what: String| format!("{SONAME}: inflate self-test failed: {what}");
+    let inf = Inflater::new(api).map_err(|e| fail(e.to_string()))?;
+    // SAFETY: the state's INFLATE_SIZE bytes are ours.
+    unsafe { std::ptr::write_bytes(inf.state.as_ptr().cast::<u8>(), 0xa5, INFLATE_SIZE) };
+    // SAFETY: as in `reset`; init only writes the state.
+    unsafe { (api.inflate_init)(inf.state.as_ptr()) };
+    if inf.block_state() != BLOCK_NEW_HDR || inf.crc_flag() != 0 {
+        return Err(fail(
+            "inflate_state layout differs (block_state or crc_flag not where expected)".into(),
+        ));
+    }
+    let sample = sample();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&sample).map_err(|e| fail(e.to_string()))?;
+    let member = enc.finish().map_err(|e| fail(e.to_string()))?;
+    let decode = |wire: &[u8]| -> io::Result<Vec<u8>> {
+        let inf = Inflater::new(api)?;
+        let mut out = Vec::new();
+        crate::member::IsalGzipReader::new(Box::new(Uneven(wire, 0)), inf).read_to_end(&mut out)?;
+        Ok(out)
+    };
+    let two = [member.as_slice(), member.as_slice()].concat();
+    let out = decode(&two).map_err(|e| fail(format!("decoding failed: {e}")))?;
+    if out.len() != 2 * sample.len()
+        || out[..sample.len()] != *sample
+        || out[sample.len()..] != *sample
+    {
+        return Err(fail(format!(
+            "decoded {} bytes, not the sample twice",
+            out.len()
+        )));
+    }
+    let n = member.len();
+    for (what, at, kind) in [
+        ("a wrong CRC-32", n - 8, io::ErrorKind::InvalidData),
+        ("a wrong length", n - 1, io::ErrorKind::InvalidData),
+    ] {
+        let mut bad = member.clone();
+        bad[at] ^= 0x01;
+        match decode(&bad) {
+            Err(e) if e.kind() == kind => {}
+            other => {
+                return Err(fail(format!(
+                    "{what} gave {other:?}",
+                    other = other.map(|v| v.len())
+                )));
+            }
+        }
+    }
+    match decode(&member[..n - 1]) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(()),
+        other => Err(fail(format!(
+            "a member without its last byte gave {:?}",
+            other.map(|v| v.len())
+        ))),
+    }
+}
+
+/// A reader that hands out its bytes in uneven pieces (1 byte to 60 KB).
+struct Uneven<'a>(&'a [u8], usize);
+
+impl std::io::Read for Uneven<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.1 += 1;
+        let n = (1 + self.1 * 7919 % 60_000)
+            .min(self.0.len())
+            .min(buf.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+/// Compresses a sample in two pieces (the second primed with the end of
+/// the first, as the parallel writer does) at each level, and checks that
+/// zlib-rs inflates it back unchanged.
+fn self_test(api: &'static Api) -> Result<(), String> {
+    use std::io::Read;
+    let sample = sample();
     let cut = sample.len() / 3;
     let (a, b) = sample.split_at(cut);
     let dict = &a[a.len() - 32 * 1024..];
