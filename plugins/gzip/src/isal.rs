@@ -480,9 +480,18 @@ impl Inflater {
                 "ISA-L kept input past the end of a gzip member",
             ));
         }
+        // ISA-L never gives back more than this call's input in this mode
+        // (see the check above); if a library ever did, say so instead of
+        // miscounting.
+        let consumed = avail_in
+            .checked_sub(head.avail_in)
+            .ok_or_else(|| io::Error::other("ISA-L gave back more input than it was given"))?;
+        let produced = avail_out
+            .checked_sub(head.avail_out)
+            .ok_or_else(|| io::Error::other("ISA-L reported more output room than it had"))?;
         Ok(Step {
-            consumed: (avail_in - head.avail_in) as usize,
-            produced: (avail_out - head.avail_out) as usize,
+            consumed: consumed as usize,
+            produced: produced as usize,
             finished,
         })
     }
