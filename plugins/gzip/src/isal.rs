@@ -211,11 +211,43 @@ fn open() -> Result<Api, String> {
     }
 }
 
+/// A zeroed, aligned block of memory for one of ISA-L's structures (of
+/// which only the head is typed here), freed when dropped.
+struct Zeroed<T> {
+    ptr: NonNull<T>,
+    layout: Layout,
+}
+
+impl<T> Zeroed<T> {
+    /// Allocates `layout` (checked when compiling at each use: a non-zero
+    /// size and a power-of-two alignment, at least `T`'s), zeroed; `what`
+    /// names the structure in the out-of-memory error.
+    fn new(layout: Layout, what: &str) -> io::Result<Self> {
+        debug_assert!(layout.size() >= std::mem::size_of::<T>());
+        // SAFETY: a non-zero size; the result is checked for null.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw.cast::<T>())
+            .ok_or_else(|| io::Error::other(format!("out of memory for an ISA-L {what}")))?;
+        Ok(Zeroed { ptr, layout })
+    }
+
+    fn as_ptr(&self) -> *mut T {
+        self.ptr.as_ptr()
+    }
+}
+
+impl<T> Drop for Zeroed<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { dealloc(self.ptr.as_ptr().cast(), self.layout) }
+    }
+}
+
 /// One compressor: the stream structure and its level buffer, reused for
 /// every piece.
 pub(crate) struct Deflater {
     api: &'static Api,
-    stream: NonNull<ZStreamHead>,
+    stream: Zeroed<ZStreamHead>,
     level: u32,
     level_buf: Vec<u8>,
 }
@@ -238,26 +270,15 @@ const STREAM_LAYOUT: Layout = match Layout::from_size_align(STREAM_SIZE, STREAM_
     Err(_) => panic!("invalid ISA-L stream layout"),
 };
 
-impl Drop for Deflater {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { dealloc(self.stream.as_ptr().cast(), STREAM_LAYOUT) }
-    }
-}
-
 impl Deflater {
     /// A compressor at ISA-L `level` (1..=3).
     pub(crate) fn new(api: &'static Api, level: u32) -> io::Result<Self> {
         let Some(i) = LEVELS.contains(&level).then(|| (level - 1) as usize) else {
             return Err(io::Error::other(format!("ISA-L has no level {level}")));
         };
-        // SAFETY: a non-zero size; the result is checked for null.
-        let raw = unsafe { alloc_zeroed(STREAM_LAYOUT) };
-        let stream = NonNull::new(raw.cast::<ZStreamHead>())
-            .ok_or_else(|| io::Error::other("out of memory for an ISA-L stream"))?;
         Ok(Deflater {
             api,
-            stream,
+            stream: Zeroed::new(STREAM_LAYOUT, "stream")?,
             level,
             level_buf: vec![0; LEVEL_BUF[i]],
         })
@@ -342,7 +363,7 @@ impl Deflater {
 /// member (the caller parses each member's header, ISA-L the rest).
 pub(crate) struct Inflater {
     api: &'static Api,
-    state: NonNull<InflateHead>,
+    state: Zeroed<InflateHead>,
 }
 
 // SAFETY: as for `Deflater`: the state belongs to this value alone and
@@ -360,13 +381,6 @@ const INFLATE_LAYOUT: Layout = match Layout::from_size_align(INFLATE_SIZE, STREA
     Ok(l) => l,
     Err(_) => panic!("invalid ISA-L inflate layout"),
 };
-
-impl Drop for Inflater {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout, freed once.
-        unsafe { dealloc(self.state.as_ptr().cast(), INFLATE_LAYOUT) }
-    }
-}
 
 /// What one [`Inflater::run`] call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,10 +400,7 @@ impl Inflater {
     /// A decompressor ready for the deflate data of a member. Use
     /// [`load_inflate`] for `api`: it has checked the offsets used here.
     pub(crate) fn new(api: &'static Api) -> io::Result<Self> {
-        // SAFETY: a non-zero size; the result is checked for null.
-        let raw = unsafe { alloc_zeroed(INFLATE_LAYOUT) };
-        let state = NonNull::new(raw.cast::<InflateHead>())
-            .ok_or_else(|| io::Error::other("out of memory for an ISA-L inflate state"))?;
+        let state = Zeroed::new(INFLATE_LAYOUT, "inflate state")?;
         let mut i = Inflater { api, state };
         i.reset();
         Ok(i)
