@@ -552,7 +552,8 @@ fn inflate_self_test(api: &'static Api) -> Result<(), String> {
     let decode = |wire: &[u8]| -> io::Result<Vec<u8>> {
         let inf = Inflater::new(api)?;
         let mut out = Vec::new();
-        crate::member::IsalGzipReader::new(Box::new(Uneven(wire, 0)), inf).read_to_end(&mut out)?;
+        crate::member::IsalGzipReader::new(Box::new(Pieces::new(wire, 60_000)), inf)
+            .read_to_end(&mut out)?;
         Ok(out)
     };
     let two = [member.as_slice(), member.as_slice()].concat();
@@ -592,17 +593,28 @@ fn inflate_self_test(api: &'static Api) -> Result<(), String> {
     }
 }
 
-/// A reader that hands out its bytes in uneven pieces (1 byte to 60 KB).
-struct Uneven<'a>(&'a [u8], usize);
+/// A reader that hands out its bytes in uneven pieces of 1 to `max` bytes
+/// (deterministic): the inflate self-test's input, and the decoder tests'.
+pub(crate) struct Pieces<'a> {
+    data: &'a [u8],
+    k: usize,
+    max: usize,
+}
 
-impl std::io::Read for Uneven<'_> {
+impl<'a> Pieces<'a> {
+    pub(crate) fn new(data: &'a [u8], max: usize) -> Self {
+        Pieces { data, k: 0, max }
+    }
+}
+
+impl std::io::Read for Pieces<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.1 += 1;
-        let n = (1 + self.1 * 7919 % 60_000)
-            .min(self.0.len())
+        self.k += 1;
+        let n = (1 + self.k * 7919 % self.max)
+            .min(self.data.len())
             .min(buf.len());
-        buf[..n].copy_from_slice(&self.0[..n]);
-        self.0 = &self.0[n..];
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
         Ok(n)
     }
 }

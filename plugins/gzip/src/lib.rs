@@ -700,38 +700,12 @@ mod tests {
 
     const FNAME_FLAG: u8 = 0x08;
 
-    /// Hands out its bytes in pieces of 1 to `max` bytes (deterministic).
-    struct Pieces<'a> {
-        data: &'a [u8],
-        k: usize,
-        max: usize,
-    }
-
-    impl Read for Pieces<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            self.k += 1;
-            let n = (1 + self.k * 7919 % self.max)
-                .min(self.data.len())
-                .min(buf.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
-
     /// As [`decode`], the input arriving in pieces of 1 to `max` bytes,
     /// read out into a buffer of `read` bytes.
     fn decode_pieces(wire: &[u8], max: usize, read: usize) -> io::Result<Vec<u8>> {
         agreed(|p| {
             let mut d = Gzip
-                .decoder(
-                    p,
-                    Box::new(Pieces {
-                        data: wire,
-                        k: 0,
-                        max,
-                    }),
-                )
+                .decoder(p, Box::new(isal::Pieces::new(wire, max)))
                 .expect("decoder");
             let mut out = Vec::new();
             let mut buf = vec![0u8; read];
