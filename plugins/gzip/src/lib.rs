@@ -168,9 +168,7 @@ impl Engine {
             Err(why) => Ok(format!("{zlib} (ISA-L: {why})")),
         }
     }
-}
 
-impl Engine {
     /// What `self` decompresses with on this machine, for admins (`uftpd
     /// check-config`): `ISA-L (libisal.so.2)` or `zlib-rs` with the reason
     /// ISA-L is not used; `Err` if `self` is [`Engine::Isal`] and ISA-L
@@ -358,7 +356,7 @@ mod tests {
     }
 
     /// Decodes `wire` with every decoder (zlib-rs, ISA-L), which must
-    /// agree: the same bytes or errors of the same kind.
+    /// agree (see [`agreed`]).
     fn decode(wire: &[u8]) -> io::Result<Vec<u8>> {
         agreed(|p| {
             let mut out = Vec::new();
