@@ -573,13 +573,21 @@ impl Client {
             .and_then(|l| l.split(' ').nth(2))
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| ClientError::Protocol(format!("bad RETR reply '{r}'")))?;
+        let single = self.stack.is_plain() && self.granted == 1;
         let mut reader = DataReader::new(conns, &self.stack, &self.channel)
             .map_err(|e| ClientError::Io(e.into()))?;
         let mut total = 0u64;
-        if self.stack.is_plain() && self.granted == 1 {
-            // Plain single stream: exactly the announced bytes.
-            let mut limited = (&mut reader).take(announced);
-            total = io::copy(&mut limited, out)?;
+        if single {
+            // Exactly the announced bytes, written straight from the
+            // channel's page-aligned receive buffer.
+            while total < announced {
+                let max = usize::try_from(announced - total).unwrap_or(usize::MAX);
+                let n = reader.write_to(out, max)?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
         } else {
             // Codecs and framing end at their verified end of stream.
             // Written straight from the channel's buffers (one vectored

@@ -65,6 +65,7 @@
 //! ```
 
 pub mod frame;
+pub mod iobuf;
 pub mod kept;
 mod mapped;
 mod offload;

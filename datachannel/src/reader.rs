@@ -8,7 +8,7 @@
 //! until the buffer is full or nothing more has arrived; `fill_buf` of a
 //! single-stream codec channel hands out the received buffers themselves.
 
-use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufRead, IoSlice, Read, Write};
 use std::mem;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::thread;
 
 use crate::frame::{FrameHeader, HEADER_LEN, MAX_ACCEPT_BLOCK, chunk_range};
+use crate::iobuf::AlignedReader;
 use crate::shared::{Shared, write_all_vectored};
 use crate::stack::CodecStack;
 use crate::stream::SourceStream;
@@ -81,7 +82,7 @@ impl std::fmt::Debug for DataReader {
 }
 
 enum Imp {
-    Direct(BufReader<Box<dyn Read + Send>>),
+    Direct(AlignedReader<Box<dyn Read + Send>>),
     Piped(Piped),
 }
 
@@ -173,7 +174,7 @@ impl DataReader {
             };
             let b: Box<dyn Read + Send> = Box::new(s);
             return Ok(DataReader {
-                imp: Imp::Direct(BufReader::with_capacity(
+                imp: Imp::Direct(AlignedReader::with_capacity(
                     options.single_stream_buffer.max(HEADER_LEN),
                     b,
                 )),
@@ -194,7 +195,7 @@ impl DataReader {
                 // The framed worker reads large pieces itself.
                 Box::new(s)
             } else {
-                Box::new(BufReader::with_capacity(CODEC_SOURCE_BUFFER, s))
+                Box::new(AlignedReader::with_capacity(CODEC_SOURCE_BUFFER, s))
             };
             decoders.push(stack.decoder(i, n, src)?);
         }

@@ -323,7 +323,7 @@ impl DataWriter {
 /// `copy_from` for a plain single stream: large reads, each written out
 /// whole.
 fn copy_direct(src: &mut dyn Read, w: &mut dyn Write, size: usize) -> io::Result<u64> {
-    let mut buf = vec![0u8; size];
+    let mut buf = crate::iobuf::IoBuf::new(size);
     let mut total = 0u64;
     loop {
         let n = match src.read(&mut buf) {

@@ -458,7 +458,7 @@ impl Session {
             HashAlgo::Sha256 => Box::new(sha2::Sha256::new()),
             HashAlgo::Sha512 => Box::new(sha2::Sha512::new()),
         };
-        let mut buf = vec![0u8; self.opts.file_read_buffer.max(4096)];
+        let mut buf = uftp_datachannel::iobuf::IoBuf::new(self.opts.file_read_buffer.max(4096));
         let mut done = 0u64;
         let mut last_note = Instant::now();
         while done < len {

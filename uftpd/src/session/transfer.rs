@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use storage_api::{ReadHandle, WriteHandle};
+use uftp_datachannel::iobuf::IoBuf;
 use uftp_datachannel::{DataReader, DataWriter, SendFileError};
 
 /// Largest single sendfile call.
@@ -160,7 +161,7 @@ pub fn send_file(
             other => return other,
         }
     }
-    let mut buf = vec![0u8; buffer_size.max(4096)];
+    let mut buf = IoBuf::new(buffer_size.max(4096));
     let mut sent = 0u64;
     while sent < len {
         let mut want = usize::try_from(len - sent)
@@ -264,7 +265,7 @@ fn copy_pipe(
     file: BorrowedFd<'_>,
     len: usize,
 ) -> Result<(), TransferError> {
-    let mut buf = vec![0u8; len];
+    let mut buf = IoBuf::new(len);
     let mut got = 0;
     while got < len {
         match nix::unistd::read(pipe, &mut buf[got..]) {
@@ -305,7 +306,7 @@ pub fn receive_file(
             Spliced::Unsupported(n) => total = n,
         }
     }
-    let mut buf = vec![0u8; buffer_size.max(4096)];
+    let mut buf = IoBuf::new(buffer_size.max(4096));
     loop {
         let mut want = buf.len();
         if let Some(l) = limit {
@@ -471,7 +472,7 @@ pub fn send_to_channel(
             None => TransferError::Network(e),
         });
     };
-    let mut buf = vec![0u8; buffer_size.max(4096).min(r.chunk().max(4096))];
+    let mut buf = IoBuf::new(buffer_size.max(4096).min(r.chunk().max(4096)));
     let mut sent = 0u64;
     loop {
         let want = buf.len().min(r.chunk());
