@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use uftp_datachannel::lowat::LowWater;
 use uftp_datachannel::{ChannelOptions, CodecParams, CodecStack, DataReader, DataWriter};
 
 /// Errors of the client.
@@ -574,6 +575,13 @@ impl Client {
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| ClientError::Protocol(format!("bad RETR reply '{r}'")))?;
         let single = self.stack.is_plain() && self.granted == 1;
+        // Plain single stream: wake up for 256 KiB at a time, never for
+        // more than is still to come (the server may keep the connection).
+        let marked = match conns.first() {
+            Some(s) if single => s.try_clone().ok(),
+            _ => None,
+        };
+        let mut low_water = marked.as_ref().map(|s| LowWater::new(s, Some(announced)));
         let mut reader = DataReader::new(conns, &self.stack, &self.channel)
             .map_err(|e| ClientError::Io(e.into()))?;
         let mut total = 0u64;
@@ -581,6 +589,9 @@ impl Client {
             // Exactly the announced bytes, written straight from the
             // channel's page-aligned receive buffer.
             while total < announced {
+                if let (Some(s), Some(lw)) = (&marked, &mut low_water) {
+                    lw.fit(s, Some(announced - total));
+                }
                 let max = usize::try_from(announced - total).unwrap_or(usize::MAX);
                 let n = reader.write_to(out, max)?;
                 if n == 0 {

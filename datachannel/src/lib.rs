@@ -67,6 +67,7 @@
 pub mod frame;
 pub mod iobuf;
 pub mod kept;
+pub mod lowat;
 mod mapped;
 mod offload;
 pub mod pipe;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use storage_api::{ReadHandle, WriteHandle};
 use uftp_datachannel::iobuf::IoBuf;
+use uftp_datachannel::lowat::LowWater;
 use uftp_datachannel::{DataReader, DataWriter, SendFileError};
 
 /// Largest single sendfile call.
@@ -215,6 +216,7 @@ fn splice_loop(
     let _ = fcntl(&pipe_w, FcntlArg::F_SETPIPE_SZ(SPLICE_CHUNK as i32));
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
     let mut total = 0u64;
+    let mut low_water = rate.is_none().then(|| LowWater::new(sock, limit));
     loop {
         let mut want = SPLICE_CHUNK;
         if let Some(l) = limit {
@@ -222,6 +224,9 @@ fn splice_loop(
                 break;
             }
             want = want.min(usize::try_from(l - total).unwrap_or(want));
+        }
+        if let Some(lw) = &mut low_water {
+            lw.fit(sock, limit.map(|l| l - total));
         }
         if let Some(r) = rate.as_deref() {
             want = want.min(r.chunk());
@@ -307,6 +312,9 @@ pub fn receive_file(
         }
     }
     let mut buf = IoBuf::new(buffer_size.max(4096));
+    let mut low_water = rate
+        .is_none()
+        .then(|| LowWater::new(sock, limit.map(|l| l - total)));
     loop {
         let mut want = buf.len();
         if let Some(l) = limit {
@@ -314,6 +322,9 @@ pub fn receive_file(
                 break;
             }
             want = want.min(usize::try_from(l - total).unwrap_or(want));
+        }
+        if let Some(lw) = &mut low_water {
+            lw.fit(sock, limit.map(|l| l - total));
         }
         if let Some(r) = rate.as_deref() {
             want = want.min(r.chunk());
