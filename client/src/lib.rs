@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use uftp_datachannel::lowat::LowWater;
+use uftp_datachannel::lowat::{BULK_LOW_WATER, LowWater, set_receive_low_water};
 use uftp_datachannel::{ChannelOptions, CodecParams, CodecStack, DataReader, DataWriter};
 
 /// Errors of the client.
@@ -582,6 +582,14 @@ impl Client {
             _ => None,
         };
         let mut low_water = marked.as_ref().map(|s| LowWater::new(s, Some(announced)));
+        if !single {
+            // Codec and multi-stream downloads end with the end of every
+            // stream (the server closes them; this client never keeps data
+            // connections open), so the bulk mark never delays a last read.
+            for s in &conns {
+                let _ = set_receive_low_water(s, BULK_LOW_WATER);
+            }
+        }
         let mut reader = DataReader::new(conns, &self.stack, &self.channel)
             .map_err(|e| ClientError::Io(e.into()))?;
         let mut total = 0u64;

@@ -226,7 +226,7 @@ fn splice_loop(
             want = want.min(usize::try_from(l - total).unwrap_or(want));
         }
         if let Some(lw) = &mut low_water {
-            lw.fit(sock, limit.map(|l| l - total));
+            lw.fit(sock, limit.map(|l| l.saturating_sub(total)));
         }
         if let Some(r) = rate.as_deref() {
             want = want.min(r.chunk());
@@ -314,7 +314,7 @@ pub fn receive_file(
     let mut buf = IoBuf::new(buffer_size.max(4096));
     let mut low_water = rate
         .is_none()
-        .then(|| LowWater::new(sock, limit.map(|l| l - total)));
+        .then(|| LowWater::new(sock, limit.map(|l| l.saturating_sub(total))));
     loop {
         let mut want = buf.len();
         if let Some(l) = limit {
@@ -324,7 +324,7 @@ pub fn receive_file(
             want = want.min(usize::try_from(l - total).unwrap_or(want));
         }
         if let Some(lw) = &mut low_water {
-            lw.fit(sock, limit.map(|l| l - total));
+            lw.fit(sock, limit.map(|l| l.saturating_sub(total)));
         }
         if let Some(r) = rate.as_deref() {
             want = want.min(r.chunk());
