@@ -107,7 +107,9 @@ pub struct ChannelOptions {
     /// Batches queued between the caller and each stream's worker (and
     /// buffers queued by each receiving worker). Default 4.
     pub queue_depth: usize,
-    /// Buffer size of a plain single-stream reader. Default 64 KiB.
+    /// Buffer size of a plain single-stream reader. Default 256 KiB, the
+    /// receive low-water mark ([`lowat::BULK_LOW_WATER`]) that uftpc sets,
+    /// so that one wakeup fills it.
     pub single_stream_buffer: usize,
     /// Whether a sending stream with codecs writes its socket on a thread
     /// of its own, so that its codecs work on the next buffer while the
@@ -123,7 +125,7 @@ impl Default for ChannelOptions {
             block_size: frame::MAX_SEND_BLOCK,
             batch_size: 1 << 20,
             queue_depth: 4,
-            single_stream_buffer: 64 * 1024,
+            single_stream_buffer: 256 * 1024,
             socket_threads: None,
         }
     }
