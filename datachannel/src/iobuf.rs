@@ -1,16 +1,17 @@
 //! Page-aligned I/O buffers.
 //!
 //! The kernel copies between the page cache (or pages that `sendfile`
-//! put into socket buffers) and user buffers with `rep movsb`. On AMD
-//! Zen cores that copy is much slower when the destination starts a few
-//! bytes after the source within a page: reading a tmpfs file into a
-//! buffer at page offset 8 costs 3x, at 16 or 24 about 1.3x what it costs
-//! at offset 0 or 32 and beyond (measured on the benchmark machine, see
-//! BENCHMARKS.md, "Page-aligned buffers"). glibc places every large
-//! allocation (`mmap`ed, from 128 KiB) 16 bytes into its first page, so a
-//! plain `vec![0; 1 << 20]` sits at exactly such an offset. An [`IoBuf`]
-//! starts on a page boundary instead; file data at page-aligned offsets
-//! then lands at the same offset in the buffer.
+//! put into socket buffers) and user buffers with `rep movsb` on CPUs
+//! with fast string moves. On the AMD Zen cores of the benchmark machine
+//! that copy is much slower when the destination starts a few bytes after
+//! the source within a page: reading a tmpfs file into a buffer at page
+//! offset 8 costs 3x, at 16 or 24 about 1.3x what it costs at offset 0 or
+//! 32 and beyond (BENCHMARKS.md, "Plain single stream on loopback").
+//! glibc places every large allocation (`mmap`ed, from 128 KiB) 16 bytes
+//! into its first page, so a plain `vec![0; 1 << 20]` sits at exactly
+//! such an offset. An [`IoBuf`] starts on a page boundary instead; file
+//! data at page-aligned offsets then lands at the same offset in the
+//! buffer.
 
 use std::io::{self, BufRead, Read};
 use std::ops::{Deref, DerefMut};

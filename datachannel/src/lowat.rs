@@ -8,7 +8,8 @@
 //! once that many bytes are queued (or at end of stream, an error, or the
 //! receive timeout). A uftpc download of 2 GiB from uftpd on the
 //! benchmark machine: 3.2-4.5 GB/s at 0.23-0.31 server CPU s/GiB with a
-//! 256 KiB mark, 2.3-2.8 GB/s at 0.36-0.44 without (BENCHMARKS.md).
+//! 256 KiB mark, 2.3-2.8 GB/s at 0.36-0.44 without (BENCHMARKS.md,
+//! "Plain single stream on loopback").
 //!
 //! The mark must never exceed the bytes still expected on a connection
 //! that the peer keeps open afterwards, or the last read would wait for
