@@ -63,7 +63,7 @@ impl<R> std::fmt::Debug for AlignedReader<R> {
             f,
             "AlignedReader({} of {} bytes buffered)",
             self.end - self.pos,
-            self.buf.len()
+            self.capacity()
         )
     }
 }
@@ -79,9 +79,9 @@ impl<R> std::fmt::Debug for AlignedReader<R> {
 /// costs nothing. Reads at least as large as the buffer bypass it.
 pub struct AlignedReader<R> {
     inner: R,
-    /// `capacity + PAGE` bytes: a refill starts at the stream's page phase.
+    /// The capacity plus [`PAGE`] bytes: a refill starts at the stream's
+    /// page phase.
     buf: IoBuf,
-    capacity: usize,
     pos: usize,
     end: usize,
     /// Bytes taken from `inner` so far, modulo [`PAGE`].
@@ -91,11 +91,9 @@ pub struct AlignedReader<R> {
 impl<R: Read> AlignedReader<R> {
     /// A reader with a buffer of `capacity` bytes (at least 1).
     pub fn with_capacity(capacity: usize, inner: R) -> AlignedReader<R> {
-        let capacity = capacity.max(1);
         AlignedReader {
             inner,
-            buf: IoBuf::new(capacity + PAGE),
-            capacity,
+            buf: IoBuf::new(capacity.max(1) + PAGE),
             pos: 0,
             end: 0,
             phase: 0,
@@ -103,9 +101,16 @@ impl<R: Read> AlignedReader<R> {
     }
 }
 
+impl<R> AlignedReader<R> {
+    /// Bytes one refill can take.
+    fn capacity(&self) -> usize {
+        self.buf.len() - PAGE
+    }
+}
+
 impl<R: Read> Read for AlignedReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.end && out.len() >= self.capacity {
+        if self.pos == self.end && out.len() >= self.capacity() {
             let n = self.inner.read(out)?;
             self.phase = (self.phase + n) % PAGE;
             return Ok(n);
@@ -123,11 +128,11 @@ impl<R: Read> BufRead for AlignedReader<R> {
         if self.pos == self.end {
             // Byte k of the stream lands at page offset k % PAGE, where a
             // sender's `sendfile` pages hold it too (see the module doc).
-            let start = self.phase;
+            let (start, capacity) = (self.phase, self.capacity());
             self.pos = start;
             self.end = start;
             loop {
-                match self.inner.read(&mut self.buf[start..start + self.capacity]) {
+                match self.inner.read(&mut self.buf[start..start + capacity]) {
                     Ok(n) => {
                         self.end = start + n;
                         self.phase = (start + n) % PAGE;
