@@ -71,8 +71,8 @@ impl LowWater {
         if want < self.current {
             self.current = match set_receive_low_water(sock, want) {
                 Ok(()) => want,
-                // Leave it: a failed lowering must not leave a mark above
-                // what is still to come, so fall back to 1 byte if we can.
+                // A mark above what is still to come must not stay: fall
+                // back to 1 byte if the kernel takes that.
                 Err(_) => set_receive_low_water(sock, 1).map_or(self.current, |()| 1),
             };
         }

@@ -881,8 +881,8 @@ mod tests {
         }
 
         /// Arbitrary bytes after a valid member header (what a hostile
-        /// client can send): both decoders agree, byte for byte or by the
-        /// kind of error (`agreed`), and neither crashes or hangs.
+        /// client can send): both decoders agree, byte for byte or both
+        /// with an error (`agreed`), and neither crashes or hangs.
         #[test]
         fn decoders_agree_on_arbitrary_deflate_data(
             body in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
