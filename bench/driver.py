@@ -861,24 +861,19 @@ def loopback_once(env, direction, splice=False):
             (r["cpu"] + ru.ru_utime + ru.ru_stime) / (env.big_size / GiB))
 
 
-def loopback_limit(env, direction, splice=False):
-    """The ceiling of `loopback_once`, `env.reps` runs in a row."""
-    runs = [loopback_once(env, direction, splice) for _ in range(env.reps)]
-    return {"rates": [r for r, _ in runs], "cpu_gib": med([c for _, c in runs])}
-
-
 class LoopbackJob:
-    """The upload ceiling measured as one more configuration of a case, in
-    the same interleaved rounds as the servers, so that it sees the same
-    states of the machine (tmpfs writes on the benchmark VM are sometimes
-    several times slower, for every writer alike)."""
+    """A loopback ceiling (`loopback_once`) as a configuration of its own:
+    the upload ceiling runs in the same rounds as the servers of case 1, so
+    that it sees the same states of the machine (tmpfs writes on the
+    benchmark VM are sometimes several times slower, for every writer
+    alike); `loopback_limit` runs one `env.reps` times in a row."""
 
-    def __init__(self, key, env, splice):
-        self.key, self.env, self.splice = key, env, splice
+    def __init__(self, key, env, splice, direction="up"):
+        self.key, self.env, self.splice, self.direction = key, env, splice, direction
         self.rates, self.cpus = [], []
 
     def run_once(self):
-        rate, cpu = loopback_once(self.env, "up", self.splice)
+        rate, cpu = loopback_once(self.env, self.direction, self.splice)
         self.rates.append(rate)
         self.cpus.append(cpu)
 
@@ -899,6 +894,14 @@ def upload_limit(R):
     c1 = R.get("case1") or {}
     return (best_of(c1.get(("limit", "up_rw")), c1.get(("limit", "up_splice")))
             or (R.get("limits") or {}).get("loop_up"))
+
+
+def loopback_limit(env, direction, splice=False):
+    """The ceiling of `loopback_once`, `env.reps` runs in a row."""
+    job = LoopbackJob(None, env, splice, direction)
+    for _ in range(env.reps):
+        job.run_once()
+    return job.result()
 
 
 def iperf_limit(env):
