@@ -264,6 +264,33 @@ def test_keep_alive_several_transfers_on_one_connection(site):
     assert site.path("up.bin").read_bytes() == up
 
 
+# a rate-limited upload reads without a receive low-water mark; the mark of
+# an earlier upload on the same kept connection must not hold it back
+@pytest.mark.beyond_reference  # the reference has no KEEP-ALIVE uploads of known length
+def test_keep_alive_rate_limited_upload_after_a_bulk_one(site):
+    c = site.control()
+    assert c.cmd("KEEP-ALIVE true").lines == ["200 OK"]
+    _, s = c.pasv()
+    with s:
+        # sent with the STOR: all queued when the server reads, so one read
+        # can take the whole 256 KiB with the mark at 256 KiB
+        big = os.urandom(262_144)
+        assert c.cmd(f"ALLO {len(big)}").code == 200
+        c.send("STOR big.bin")
+        s.sendall(big)
+        assert c.read_reply().lines == ["150 OK"]
+        assert c.read_reply().lines == ["226 File transfer successful"]
+        assert c.cmd("OPTS RATE_LIMIT 50000000").lines == ["200 RATE_LIMIT=50000000"]
+        small = os.urandom(100)
+        assert c.cmd("ALLO 100").code == 200
+        assert c.cmd("STOR small.bin").lines == ["150 OK"]
+        time.sleep(0.5)  # the server waits in its read before the bytes come
+        s.sendall(small)
+        assert c.read_reply().lines == ["226 File transfer successful"]
+    assert site.path("big.bin").read_bytes() == big
+    assert site.path("small.bin").read_bytes() == small
+
+
 # ---------------------------------------------------------------- multi-stream
 def open_streams(c, n):
     r = c.cmd(f"NOOP {n}")

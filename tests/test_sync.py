@@ -203,6 +203,44 @@ def test_leader_sends_small_file_as_one_record(site):
         assert recv_exact(s, 12 + 11) == struct.pack(">IQ", END, 11) + b"hello world"
 
 
+def keep_alive_upload(c, s, size):
+    """An upload of known length on a kept data connection, as the Java client
+    makes before a sync in the same session. The bytes are sent with the STOR,
+    so that they are all queued when the server reads: its last read takes all
+    that is left, with the bulk mark still set."""
+    assert c.cmd("KEEP-ALIVE true").lines == ["200 OK"]
+    assert c.cmd(f"ALLO {size}").code == 200
+    c.send("STOR before.bin")
+    s.sendall(os.urandom(size))
+    assert c.read_reply().lines == ["150 OK"]
+    assert c.read_reply().lines == ["226 File transfer successful"]
+
+
+# sizes whose last read can end exactly at the upload's end: the server's
+# 256 KiB receive low-water mark must not outlive that upload, or the small
+# reads of the sync exchange on the same connection wait for bytes that never
+# come (the sync has no read timeout)
+@pytest.mark.beyond_reference  # the reference has no KEEP-ALIVE uploads of known length
+@pytest.mark.parametrize("size", [262_144, 1_048_576])
+def test_sync_after_a_kept_connection_upload(site, size):
+    site.put("small", data=b"hello world")
+    c = site.control()
+    _, s = c.pasv()
+    with s:
+        keep_alive_upload(c, s, size)
+        # the server as leader reads our 8 bytes of (no) checksums
+        assert c.cmd("SYNC-TO-CLIENT small").code == 200
+        s.sendall(encode_sums(512, []))
+        assert recv_exact(s, 12 + 11, timeout=20) == struct.pack(">IQ", END, 11) + b"hello world"
+        # the server as follower reads our one record
+        data = os.urandom(3000)
+        assert c.cmd("SYNC-TO-SERVER small").code == 200
+        bs, sums = read_sums(Stream(s))
+        s.sendall(struct.pack(">IQ", END, len(data)) + data)
+        assert c.cmd("NOOP").lines == ["200 OK"]
+    assert site.path("small").read_bytes() == data
+
+
 def test_interrupted_sync_keeps_the_old_file(site):
     old = os.urandom(100_000)
     site.put("f.bin", data=old)

@@ -577,13 +577,13 @@ impl Client {
         let single = self.stack.is_plain() && self.granted == 1;
         // Plain single stream: wake up for 256 KiB at a time, never for
         // more than is still to come (the server may keep the connection).
-        let mut marked = match conns.first() {
-            Some(s) if single => s.try_clone().ok().map(|s| {
-                let lw = LowWater::new(&s, Some(announced));
-                (s, lw)
-            }),
+        let marked_sock = match conns.first() {
+            Some(s) if single => s.try_clone().ok(),
             _ => None,
         };
+        let mut marked = marked_sock
+            .as_ref()
+            .map(|s| LowWater::new(s, Some(announced)));
         if !single {
             // Codec and multi-stream downloads end with the end of every
             // stream (the server closes them; this client never keeps data
@@ -599,8 +599,8 @@ impl Client {
             // Exactly the announced bytes, written straight from the
             // channel's page-aligned receive buffer.
             while total < announced {
-                if let Some((s, lw)) = &mut marked {
-                    lw.fit(s, Some(announced - total));
+                if let Some(lw) = &mut marked {
+                    lw.fit(Some(announced - total));
                 }
                 let max = usize::try_from(announced - total).unwrap_or(usize::MAX);
                 let n = reader.write_to(out, max)?;

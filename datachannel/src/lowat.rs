@@ -13,7 +13,11 @@
 //!
 //! The mark must never exceed the bytes still expected on a connection
 //! that the peer keeps open afterwards, or the last read would wait for
-//! the receive timeout: [`LowWater::fit`] lowers it as the end nears.
+//! the receive timeout: [`LowWater::fit`] lowers it as the end nears. And
+//! it must not outlive the transfer: a connection kept open (KEEP-ALIVE)
+//! may carry a sync exchange or a rate-limited upload next, whose small
+//! reads would otherwise wait for bytes that never come. Dropping the
+//! [`LowWater`] puts the mark back to 1 byte.
 
 use std::io;
 use std::net::TcpStream;
@@ -45,35 +49,37 @@ pub fn set_receive_low_water(sock: &TcpStream, bytes: usize) -> io::Result<()> {
     }
 }
 
-/// The low-water mark of one receiving connection: [`BULK_LOW_WATER`],
-/// or the bytes still expected when fewer. Best effort: a kernel that
-/// refuses the option leaves the default (1 byte).
+/// The low-water mark of one receiving connection for one transfer:
+/// [`BULK_LOW_WATER`], or the bytes still expected when fewer; back to 1
+/// byte (the kernel's default) when dropped. Best effort: a kernel that
+/// refuses the option leaves the default.
 #[derive(Debug)]
-pub struct LowWater {
+pub struct LowWater<'a> {
+    sock: &'a TcpStream,
     current: usize,
 }
 
-impl LowWater {
+impl<'a> LowWater<'a> {
     /// Sets the mark of `sock` for `remaining` expected bytes (`None`:
     /// unknown, the peer ends the stream by closing it).
-    pub fn new(sock: &TcpStream, remaining: Option<u64>) -> LowWater {
+    pub fn new(sock: &'a TcpStream, remaining: Option<u64>) -> LowWater<'a> {
         let want = Self::want(remaining);
         let current = match set_receive_low_water(sock, want) {
             Ok(()) => want,
             Err(_) => 1,
         };
-        LowWater { current }
+        LowWater { sock, current }
     }
 
     /// Lowers the mark when fewer bytes than it are still expected.
-    pub fn fit(&mut self, sock: &TcpStream, remaining: Option<u64>) {
+    pub fn fit(&mut self, remaining: Option<u64>) {
         let want = Self::want(remaining);
         if want < self.current {
-            self.current = match set_receive_low_water(sock, want) {
+            self.current = match set_receive_low_water(self.sock, want) {
                 Ok(()) => want,
                 // A mark above what is still to come must not stay: fall
                 // back to 1 byte if the kernel takes that.
-                Err(_) => set_receive_low_water(sock, 1).map_or(self.current, |()| 1),
+                Err(_) => set_receive_low_water(self.sock, 1).map_or(self.current, |()| 1),
             };
         }
     }
@@ -84,6 +90,16 @@ impl LowWater {
                 .unwrap_or(usize::MAX)
                 .clamp(1, BULK_LOW_WATER),
             None => BULK_LOW_WATER,
+        }
+    }
+}
+
+impl Drop for LowWater<'_> {
+    /// The transfer is over (done or failed): whatever reads the
+    /// connection next must be woken by its first byte again.
+    fn drop(&mut self) {
+        if self.current > 1 {
+            let _ = set_receive_low_water(self.sock, 1);
         }
     }
 }
@@ -124,24 +140,57 @@ mod tests {
         let (_a, b) = pair();
         let mut lw = LowWater::new(&b, None);
         assert_eq!(mark(&b), BULK_LOW_WATER as i32);
-        lw.fit(&b, Some(10_000_000));
+        lw.fit(Some(10_000_000));
         assert_eq!(mark(&b), BULK_LOW_WATER as i32);
-        lw.fit(&b, Some(5000));
+        lw.fit(Some(5000));
         assert_eq!(mark(&b), 5000);
-        lw.fit(&b, Some(6000)); // never raised again
+        lw.fit(Some(6000)); // never raised again
         assert_eq!(mark(&b), 5000);
-        lw.fit(&b, Some(0));
+        lw.fit(Some(0));
         assert_eq!(mark(&b), 1);
         let (_c, d) = pair();
-        LowWater::new(&d, Some(3));
+        let lw = LowWater::new(&d, Some(3));
         assert_eq!(mark(&d), 3);
+        drop(lw);
+        assert_eq!(mark(&d), 1);
+    }
+
+    /// A transfer whose last read took everything leaves the mark at the
+    /// bulk size until the LowWater goes; then a small read on the kept
+    /// connection (the next transfer, a sync exchange) is not held back.
+    #[test]
+    fn the_mark_goes_with_the_transfer() {
+        let (mut a, b) = pair();
+        b.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        {
+            let mut lw = LowWater::new(&b, Some(1 << 20));
+            a.write_all(&vec![3u8; 1 << 20]).expect("write");
+            let mut got = 0usize;
+            let mut buf = vec![0u8; 1 << 20];
+            while got < 1 << 20 {
+                lw.fit(Some(((1 << 20) - got) as u64));
+                got += (&b).read(&mut buf[..(1 << 20) - got]).expect("read");
+            }
+        }
+        assert_eq!(mark(&b), 1);
+        a.write_all(b"next").expect("write");
+        let t = Instant::now();
+        let mut buf = [0u8; 64];
+        let n = (&b).read(&mut buf).expect("read");
+        assert_eq!(&buf[..n], b"next");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "waited {:?}",
+            t.elapsed()
+        );
     }
 
     /// The last bytes of a connection that stays open arrive at once when
     /// the mark was fitted, not after the receive timeout.
     #[test]
     fn a_fitted_mark_does_not_wait_for_the_timeout() {
-        let (mut a, mut b) = pair();
+        let (mut a, b) = pair();
         b.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         let mut lw = LowWater::new(&b, Some(100_000));
@@ -150,8 +199,8 @@ mod tests {
         let mut buf = vec![0u8; 300_000];
         let t = Instant::now();
         while got < 100_000 {
-            lw.fit(&b, Some((100_000 - got) as u64));
-            got += b.read(&mut buf).expect("read");
+            lw.fit(Some((100_000 - got) as u64));
+            got += (&b).read(&mut buf).expect("read");
         }
         assert_eq!(got, 100_000);
         assert!(
@@ -166,14 +215,14 @@ mod tests {
     /// `fit` is there to avoid).
     #[test]
     fn an_unfitted_mark_waits_for_the_timeout() {
-        let (mut a, mut b) = pair();
+        let (mut a, b) = pair();
         b.set_read_timeout(Some(Duration::from_millis(300)))
             .expect("timeout");
         let _lw = LowWater::new(&b, None);
         a.write_all(&[1u8; 5000]).expect("write");
         let t = Instant::now();
         let mut buf = vec![0u8; 300_000];
-        let n = b.read(&mut buf).expect("read");
+        let n = (&b).read(&mut buf).expect("read");
         assert_eq!(n, 5000);
         assert!(
             t.elapsed() >= Duration::from_millis(250),
@@ -186,7 +235,7 @@ mod tests {
     /// the read.
     #[test]
     fn end_of_stream_wakes_the_reader() {
-        let (mut a, mut b) = pair();
+        let (mut a, b) = pair();
         b.set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");
         let _lw = LowWater::new(&b, None);
@@ -194,7 +243,7 @@ mod tests {
         drop(a);
         let t = Instant::now();
         let mut out = Vec::new();
-        b.read_to_end(&mut out).expect("read");
+        (&b).read_to_end(&mut out).expect("read");
         assert_eq!(out, b"short");
         assert!(
             t.elapsed() < Duration::from_secs(4),

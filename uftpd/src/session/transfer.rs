@@ -226,7 +226,7 @@ fn splice_loop(
             want = want.min(usize::try_from(l - total).unwrap_or(want));
         }
         if let Some(lw) = &mut low_water {
-            lw.fit(sock, limit.map(|l| l.saturating_sub(total)));
+            lw.fit(limit.map(|l| l.saturating_sub(total)));
         }
         if let Some(r) = rate.as_deref() {
             want = want.min(r.chunk());
@@ -294,7 +294,7 @@ fn copy_pipe(
 /// Receives from `sock` into `file` until `limit` bytes or end of stream.
 /// Returns the bytes written.
 pub fn receive_file(
-    sock: &mut TcpStream,
+    sock: &TcpStream,
     file: &mut dyn WriteHandle,
     limit: Option<u64>,
     p: Params<'_>,
@@ -324,12 +324,12 @@ pub fn receive_file(
             want = want.min(usize::try_from(l - total).unwrap_or(want));
         }
         if let Some(lw) = &mut low_water {
-            lw.fit(sock, limit.map(|l| l.saturating_sub(total)));
+            lw.fit(limit.map(|l| l.saturating_sub(total)));
         }
         if let Some(r) = rate.as_deref() {
             want = want.min(r.chunk());
         }
-        let n = match sock.read(&mut buf[..want]) {
+        let n = match (&mut &*sock).read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
