@@ -457,6 +457,22 @@ def test_rate_limit_is_honoured(site):
     assert elapsed >= 1.0, f"3 x rateLimit bytes arrived in {elapsed:.2f}s"
 
 
+# the rate-limited paths read and write in pieces of their own: same bytes
+@pytest.mark.parametrize("size", [4097, 1_000_003])
+def test_rate_limited_transfers_are_byte_exact(site, size):
+    data = site.put("r.bin", size=size)
+    c = site.control(rateLimit=str(50 * 1024 * 1024))
+    _, got, r226 = c.retr("r.bin")
+    assert got == data and r226.code == 226
+    assert c.cmd(f"RANG 3 {size - 5}").code == 350
+    _, got, r226 = c.retr("r.bin")
+    assert got == data[3:size - 5] and r226.code == 226
+    up = os.urandom(size)
+    r150, r226 = c.stor("up.bin", up)
+    assert r150.code == 150 and r226.code == 226
+    assert site.path("up.bin").read_bytes() == up
+
+
 def test_streams_from_request_until_first_noop(site):
     """`streams` in the request is the initial stream count (pyuftp sends no NOOP then)."""
     data = site.put("m.bin", size=300_000)
