@@ -190,6 +190,52 @@ def test_nowrite_default_protects_authorized_keys(home_site):
     assert open(keys, "rb").read() == before
 
 
+def test_nowrite_cannot_be_bypassed_by_renaming_a_parent(home_site):
+    """Moving .ssh away, writing authorized_keys under the new name and moving it
+    back must fail: a directory that may hold write-protected paths is not renamed,
+    and nothing is renamed onto such a directory."""
+    site, user, scratch = home_site
+    keys = os.path.join(user.home, ".ssh", "authorized_keys")
+    before = open(keys, "rb").read()
+    c = site.control(file="")
+    r = c.cmd("RNFR .ssh")
+    assert r.code == 534, r
+    assert "write-protected" in r.lines[-1], r
+    # a directory of the user's own, renamed onto .ssh's name after writing a key file
+    site_dir = "uftpd-test-nowrite/sshmoved"
+    assert c.cmd(f"MKD {site_dir}").code == 257
+    assert run(c, f"STOR {site_dir}/authorized_keys", True).code == 226
+    assert c.cmd("RMD .ssh").code != 200  # not empty: stays
+    assert c.cmd(f"RNFR {site_dir}").code == 350
+    r = c.cmd("RNTO .ssh")
+    assert r.code == 534, r
+    assert open(keys, "rb").read() == before
+    # renaming ordinary directories still works
+    assert c.cmd(f"RNFR {site_dir}").code == 350
+    assert c.cmd("RNTO uftpd-test-nowrite/other").code == 200
+    assert c.cmd("NOOP").code == 200
+
+
+@pytest.mark.beyond_reference  # the reference checks the path as written only
+def test_excludes_cannot_be_bypassed_by_renaming_a_parent(site):
+    site.put("priv/data.txt", data=b"private\n")
+    site.put("free/f.txt", data=b"free\n")
+    c = site.control(excludes="priv/*")
+    assert run(c, "RETR priv/data.txt", True).code == 534
+    r = c.cmd("RNFR priv")
+    assert r.code == 534, r
+    assert "excluded" in r.lines[-1], r
+    # nor can another directory take the protected name and its files
+    assert c.cmd("RNFR free").code == 350
+    assert c.cmd("RNTO priv2").code == 200
+    site.mkdir("x")
+    assert c.cmd("RNFR x").code == 350
+    r = c.cmd("RNTO priv")
+    assert r.code in (534, 550), r
+    assert site.path("priv/data.txt").read_bytes() == b"private\n"
+    assert site.path("priv2/f.txt").read_bytes() == b"free\n"
+
+
 def test_nowrite_sees_through_symlinks(home_site):
     """A link to .ssh/authorized_keys (or to .ssh) made beforehand does not
     make the protected file writable under another name."""

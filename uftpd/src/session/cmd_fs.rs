@@ -103,7 +103,9 @@ impl Session {
             return Err(CmdError::new(534, "Cannot rename the base directory"));
         }
         // The source must exist (lstat semantics are left to the backend).
-        self.storage.stat(&r.rel)?;
+        if self.storage.stat(&r.rel)?.is_dir() {
+            self.check_subtree(&r)?;
+        }
         self.rename_from = Some(r);
         self.ok_reply("350 File action OK Please send rename-to")
     }
@@ -119,6 +121,10 @@ impl Session {
         let to = self.target(need_arg(arg)?, true)?;
         if to.abs == self.base {
             return Err(CmdError::new(534, "Cannot replace the base directory"));
+        }
+        if self.storage.stat(&from.rel)?.is_dir() {
+            self.check_subtree(&from)?;
+            self.check_subtree(&to)?;
         }
         self.storage.rename(&from.rel, &to.rel)?;
         self.ok_reply("200 OK")

@@ -679,6 +679,34 @@ impl Session {
         Ok(())
     }
 
+    /// For renaming the directory `r`: no excluded or write-protected
+    /// path may lie below it (as given, or as its symbolic links inside
+    /// the base make it), or the rename would move such paths to names
+    /// the patterns do not match (`RNFR .ssh`, `RNTO keys`), or, as the
+    /// target, move other files to protected names.
+    fn check_subtree(&self, r: &Resolved) -> Result<(), CmdError> {
+        let real = self
+            .base_real
+            .as_deref()
+            .and_then(|b| paths::real_within(&self.base, b, &r.rel))
+            .filter(|real| *real != r.abs);
+        for abs in std::iter::once(&r.abs).chain(real.as_ref()) {
+            if let Some(p) = self.excludes.matching_below(abs) {
+                return Err(CmdError::new(
+                    534,
+                    format!("Forbidden: {abs} may hold paths excluded via {p}"),
+                ));
+            }
+            if let Some(p) = self.nowrite.matching_below(abs) {
+                return Err(CmdError::new(
+                    534,
+                    format!("Forbidden: {abs} may hold write-protected paths ({p})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Resolve + includes/excludes (+ UFTP_NOWRITE when writing), on the
     /// path as given and, when symbolic links inside the base make it
     /// another file, on the path it really names: a link `keys ->

@@ -139,6 +139,118 @@ impl PatternSet {
             .find(|(_, p)| p.matches_with(abs, MATCH))
             .map(|(s, _)| s.as_str())
     }
+
+    /// The first pattern that may match some path strictly below the
+    /// directory `dir`, if any: renaming such a directory would move the
+    /// paths it protects to names it does not match (or, as the target,
+    /// move other paths under it).
+    pub fn matching_below(&self, dir: &str) -> Option<&str> {
+        let prefix = if dir.ends_with('/') {
+            dir.to_string()
+        } else {
+            format!("{dir}/")
+        };
+        self.patterns
+            .iter()
+            .find(|(s, _)| may_match_with_prefix(s, &prefix))
+            .map(|(s, _)| s.as_str())
+    }
+}
+
+/// Whether the fnmatch-style `pattern` (`*` crossing `/`, `?`, `[...]`
+/// and `[!...]`; a `[` without its `]` is literal) matches some string
+/// that starts with `prefix`.
+fn may_match_with_prefix(pattern: &str, prefix: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = prefix.chars().collect();
+    // reach[j]: the pattern read so far can have matched exactly t[..j];
+    // with t wholly matched, the rest of the pattern matches something.
+    let mut reach = vec![false; t.len() + 1];
+    reach[0] = true;
+    let mut i = 0;
+    while i < p.len() {
+        if reach[t.len()] {
+            return true;
+        }
+        let mut next = vec![false; t.len() + 1];
+        let step = match p[i] {
+            '*' => {
+                // any run of characters, the empty one included
+                let mut any = false;
+                for j in 0..=t.len() {
+                    any |= reach[j];
+                    next[j] = any;
+                }
+                1
+            }
+            '[' => match class_end(&p, i) {
+                Some(end) => {
+                    for j in 0..t.len() {
+                        if reach[j] && class_matches(&p[i + 1..end], t[j]) {
+                            next[j + 1] = true;
+                        }
+                    }
+                    end + 1 - i
+                }
+                None => {
+                    literal_step(&reach, &mut next, &t, '[');
+                    1
+                }
+            },
+            '?' => {
+                next[1..].copy_from_slice(&reach[..t.len()]);
+                1
+            }
+            c => {
+                literal_step(&reach, &mut next, &t, c);
+                1
+            }
+        };
+        reach = next;
+        i += step;
+    }
+    reach[t.len()]
+}
+
+fn literal_step(reach: &[bool], next: &mut [bool], t: &[char], c: char) {
+    for j in 0..t.len() {
+        if reach[j] && t[j] == c {
+            next[j + 1] = true;
+        }
+    }
+}
+
+/// Index of the `]` closing the class opened at `p[open]` (a `]` right
+/// after `[` or `[!` belongs to the class).
+fn class_end(p: &[char], open: usize) -> Option<usize> {
+    let mut k = open + 1;
+    if p.get(k) == Some(&'!') {
+        k += 1;
+    }
+    if p.get(k) == Some(&']') {
+        k += 1;
+    }
+    (k..p.len()).find(|&e| p[e] == ']')
+}
+
+/// Whether `c` is in the class body `body` (between the brackets).
+fn class_matches(body: &[char], c: char) -> bool {
+    let (negated, body) = match body.split_first() {
+        Some(('!', rest)) => (true, rest),
+        _ => (false, body),
+    };
+    let mut hit = false;
+    let mut k = 0;
+    while k < body.len() {
+        if k + 2 < body.len() && body[k + 1] == '-' {
+            hit |= body[k] <= c && c <= body[k + 2];
+            k += 3;
+        } else {
+            hit |= body[k] == c;
+            k += 1;
+        }
+    }
+    hit != negated
 }
 
 #[cfg(test)]
@@ -185,5 +297,37 @@ mod tests {
         assert!(s.matching("/base/data/other").is_none());
         let home = PatternSet::new(&[".ssh/authorized_keys"], "/home/u");
         assert!(home.matching("/home/u/.ssh/authorized_keys").is_some());
+    }
+
+    #[test]
+    fn patterns_below_a_directory() {
+        let home = PatternSet::new(&[".ssh/authorized_keys"], "/home/u");
+        assert!(home.matching_below("/home/u/.ssh").is_some());
+        assert!(home.matching_below("/home/u").is_some());
+        assert!(home.matching_below("/").is_some());
+        assert!(home.matching_below("/home/u/.sshx").is_none());
+        assert!(
+            home.matching_below("/home/u/.ssh/authorized_keys")
+                .is_none()
+        );
+        assert!(home.matching_below("/home/u/data").is_none());
+        let ex = PatternSet::new(&["priv/*"], "/base");
+        assert!(ex.matching_below("/base/priv").is_some());
+        assert!(ex.matching_below("/base/pub").is_none());
+        assert!(ex.matching_below("/base/pri").is_none());
+        // `*` crosses `/`: any directory may hold a match
+        let star = PatternSet::new(&["*.secret"], "/base");
+        assert!(star.matching_below("/base/any/dir").is_some());
+        assert!(star.matching_below("/other").is_none());
+        let q = PatternSet::new(&["d?/x", "[a-c]z/y", "[!a]w/v"], "/b");
+        assert!(q.matching_below("/b/d1").is_some());
+        assert!(q.matching_below("/b/d12").is_none());
+        assert!(q.matching_below("/b/bz").is_some());
+        assert!(q.matching_below("/b/ez").is_none());
+        assert!(q.matching_below("/b/bw").is_some());
+        assert!(q.matching_below("/b/aw").is_none());
+        // a pattern that is not a valid glob is literal
+        let lit = PatternSet::new(&["odd[/x"], "/b");
+        assert!(lit.matching_below("/b/odd[").is_some());
     }
 }
