@@ -241,6 +241,32 @@ def test_sync_after_a_kept_connection_upload(site, size):
     assert site.path("small").read_bytes() == data
 
 
+# rateLimit caps the whole session (PROTOCOL.md section 3), sync included
+@pytest.mark.beyond_reference  # the reference does not limit sync
+def test_sync_keeps_to_the_rate_limit(site):
+    rate = 512 * 1024
+    data = site.put("f.bin", size=3 * rate)
+    c = site.control(rateLimit=str(rate))
+    _, s = c.pasv()
+    with s:
+        start = time.monotonic()
+        assert c.cmd("SYNC-TO-CLIENT f.bin").code == 200
+        s.sendall(encode_sums(512, []))
+        assert recv_exact(s, 12 + len(data), timeout=30)[12:] == data
+        elapsed = time.monotonic() - start
+        # 3 s at the limit; the burst allowance may shorten that, never to under 1 s
+        assert elapsed >= 1.0, f"3 x rateLimit bytes sent in {elapsed:.2f}s"
+        new = os.urandom(3 * rate)
+        start = time.monotonic()
+        assert c.cmd("SYNC-TO-SERVER g.bin").code == 200
+        assert read_sums(Stream(s)) == (512, [])
+        s.sendall(struct.pack(">IQ", END, len(new)) + new)
+        assert c.cmd("NOOP").code == 200
+        elapsed = time.monotonic() - start
+        assert elapsed >= 1.0, f"3 x rateLimit bytes received in {elapsed:.2f}s"
+    assert site.path("g.bin").read_bytes() == new
+
+
 def test_interrupted_sync_keeps_the_old_file(site):
     old = os.urandom(100_000)
     site.put("f.bin", data=old)

@@ -32,6 +32,7 @@ use storage_api::{ErrorKind, LayoutHints, Storage, WriteMode};
 use uftp_client::sync::{self, BlockSums, SyncError, SyncStats};
 use uftp_datachannel::{ChannelOptions, DataReader, DataWriter};
 
+use super::transfer::{Paced, RateLimiter};
 use super::{CmdError, CmdResult, Flow, Resolved, Session};
 use crate::logging::usage_rate;
 use crate::request::AccessLevel;
@@ -183,13 +184,18 @@ impl Session {
             size: st.size,
         };
         let stack = self.stack.clone();
+        let mut limiter = self.rate_limiter();
         let result = match channel {
             Channel::Raw(sock) => {
                 let sums = BlockSums::read_from(&mut &sock);
-                sums.and_then(|sums| sync::leader(&sums, &src, &mut &sock))
-                    .map(|s| (s, true))
+                sums.and_then(|sums| {
+                    sync::leader(&sums, &src, &mut Paced::new(&sock, limiter.as_mut()))
+                })
+                .map(|s| (s, true))
             }
-            Channel::Coded(conns) => leader_coded(conns, &stack, &src).map(|s| (s, false)),
+            Channel::Coded(conns) => {
+                leader_coded(conns, &stack, &src, limiter.as_mut()).map(|s| (s, false))
+            }
         };
         self.finish_sync("SYNC-TO-CLIENT", &r, result, started)
     }
@@ -235,6 +241,7 @@ impl Session {
         }
         let started = Instant::now();
         let stack = self.stack.clone();
+        let mut limiter = self.rate_limiter();
         let old_size = old.as_ref().map(|s| s.size).unwrap_or(0);
         let result = {
             let empty: Vec<u8> = Vec::new();
@@ -253,11 +260,15 @@ impl Session {
                 let r = match channel {
                     Channel::Raw(sock) => {
                         sums.write_to(&mut &sock).map_err(SyncError::Channel)?;
-                        let mut input = io::BufReader::with_capacity(256 * 1024, &sock);
+                        let mut input = io::BufReader::with_capacity(
+                            256 * 1024,
+                            Paced::new(&sock, limiter.as_mut()),
+                        );
                         sync::follower(&sums, old_src, &mut input, &mut out).map(|s| (s, true))
                     }
                     Channel::Coded(conns) => {
-                        follower_coded(conns, &stack, &sums, old_src, &mut out).map(|s| (s, false))
+                        follower_coded(conns, &stack, &sums, old_src, &mut out, limiter.as_mut())
+                            .map(|s| (s, false))
                     }
                 }?;
                 Ok::<_, SyncError>(r)
@@ -344,6 +355,7 @@ fn leader_coded(
     conns: Vec<TcpStream>,
     stack: &uftp_datachannel::CodecStack,
     src: &dyn sync::Source,
+    rate: Option<&mut RateLimiter>,
 ) -> Result<SyncStats, SyncError> {
     let opts = ChannelOptions::default();
     let out_conns = clones(&conns)?;
@@ -355,7 +367,7 @@ fn leader_coded(
     }
     let mut writer =
         DataWriter::new(out_conns, stack, &opts).map_err(|e| SyncError::Channel(e.into()))?;
-    let stats = sync::leader(&sums, src, &mut writer)?;
+    let stats = sync::leader(&sums, src, &mut Paced::new(&mut writer, rate))?;
     writer.finish().map_err(SyncError::Channel)?;
     // Dropped only now: a reader dropped before its end breaks the streams.
     drop(reader);
@@ -370,6 +382,7 @@ fn follower_coded(
     sums: &BlockSums,
     old: &dyn sync::Source,
     out: &mut dyn Write,
+    rate: Option<&mut RateLimiter>,
 ) -> Result<SyncStats, SyncError> {
     let opts = ChannelOptions::default();
     let mut writer =
@@ -378,7 +391,7 @@ fn follower_coded(
     writer.finish().map_err(SyncError::Channel)?;
     let mut reader =
         DataReader::new(conns, stack, &opts).map_err(|e| SyncError::Channel(e.into()))?;
-    let stats = sync::follower(sums, old, &mut reader, out)?;
+    let stats = sync::follower(sums, old, &mut Paced::new(&mut reader, rate), out)?;
     if !stack.is_plain() {
         expect_end(&mut reader, "sync records")?;
     }

@@ -36,7 +36,7 @@ fn parse_u64(what: &str, s: &str) -> Result<u64, CmdError> {
 }
 
 impl Session {
-    fn rate_limiter(&self) -> Option<RateLimiter> {
+    pub(super) fn rate_limiter(&self) -> Option<RateLimiter> {
         (self.opts.rate_limit > 0).then(|| RateLimiter::new(self.opts.rate_limit))
     }
 

@@ -87,6 +87,48 @@ fn pace(rate: &mut Option<&mut RateLimiter>, n: usize) {
     }
 }
 
+/// A reader or writer kept to a rate limit (when there is one): each
+/// call moves at most one limiter chunk and is accounted, sleeping as
+/// long as needed. For the transfers that are not a plain file copy
+/// (sync exchanges).
+pub struct Paced<'a, T> {
+    inner: T,
+    rate: Option<&'a mut RateLimiter>,
+}
+
+impl<'a, T> Paced<'a, T> {
+    /// Wraps `inner`; `None` passes everything through unpaced.
+    pub fn new(inner: T, rate: Option<&'a mut RateLimiter>) -> Self {
+        Paced { inner, rate }
+    }
+
+    fn cap(&self, len: usize) -> usize {
+        self.rate.as_deref().map_or(len, |r| len.min(r.chunk()))
+    }
+}
+
+impl<T: Read> Read for Paced<'_, T> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = self.cap(buf.len());
+        let n = self.inner.read(&mut buf[..len])?;
+        pace(&mut self.rate, n);
+        Ok(n)
+    }
+}
+
+impl<T: Write> Write for Paced<'_, T> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let len = self.cap(buf.len());
+        let n = self.inner.write(&buf[..len])?;
+        pace(&mut self.rate, n);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Transfer parameters.
 #[derive(Debug)]
 pub struct Params<'a> {
