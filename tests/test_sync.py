@@ -203,6 +203,18 @@ def test_leader_sends_small_file_as_one_record(site):
         assert recv_exact(s, 12 + 11) == struct.pack(">IQ", END, 11) + b"hello world"
 
 
+def test_leader_sends_small_unchanged_file_as_one_record(site):
+    """Shorter than one block: one record, even when the follower has the same bytes."""
+    site.put("small", data=b"hello world")
+    c = site.control()
+    _, s = c.pasv()
+    with s:
+        assert c.cmd("SYNC-TO-CLIENT small").code == 200
+        s.sendall(encode_sums(512, block_sums(b"hello world", 512)))
+        assert recv_exact(s, 12 + 11) == struct.pack(">IQ", END, 11) + b"hello world"
+        assert c.cmd("NOOP").lines == ["200 OK"]
+
+
 def keep_alive_upload(c, s, size):
     """An upload of known length on a kept data connection, as the Java client
     makes before a sync in the same session. The bytes are sent with the STOR,
