@@ -46,6 +46,7 @@ impl LineReader {
 }
 
 async fn send(s: &mut TcpStream, line: &str) -> std::io::Result<()> {
+    let line = crate::session::control::escape_line_breaks(line);
     s.write_all(format!("{line}\r\n").as_bytes()).await
 }
 

@@ -430,7 +430,7 @@ impl Session {
                 ListStyle::Ls => {
                     text.push_str(&listing::ls_line(&e.name, &e.stat, &self.identity, now))
                 }
-                ListStyle::Names => text.push_str(&e.name),
+                ListStyle::Names => text.push_str(&listing::name(&e.name)),
                 ListStyle::Mlsd => {
                     text.push_str(&listing::mlst_line(&e.name, &e.stat, &self.identity))
                 }

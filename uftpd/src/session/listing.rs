@@ -1,10 +1,23 @@
 //! Listing formats (PROTOCOL section 5, "Listing formats"); times in local
 //! time.
+//!
+//! Every line builder here passes the name through [`name`], so that a
+//! file name with CR or LF (possible on disk, never through FTP commands)
+//! cannot split a listing line on the data channel or a reply line on the
+//! control channel.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Local};
 use storage_api::{Access, FileStat, Identity};
+
+/// A file name as it goes into a listing line: CR and LF escaped as `\r`
+/// and `\n` ([`super::control::escape_line_breaks`]), everything else as
+/// it is. NLST lines are just this.
+pub fn name(raw: &str) -> Cow<'_, str> {
+    super::control::escape_line_breaks(raw)
+}
 
 fn local(t: SystemTime) -> DateTime<Local> {
     DateTime::<Local>::from(t)
@@ -29,7 +42,7 @@ fn rwx(st: &FileStat, id: &Identity, empty: &str) -> String {
 }
 
 /// MLST/MLSD line: `size=..;modify=..;type=file|dir;perm=..;UNIX.mode=..; name`.
-pub fn mlst_line(name: &str, st: &FileStat, id: &Identity) -> String {
+pub fn mlst_line(file: &str, st: &FileStat, id: &Identity) -> String {
     let dir = st.is_dir();
     let mut perm = String::new();
     if id.may(st, Access::Read) {
@@ -48,12 +61,12 @@ pub fn mlst_line(name: &str, st: &FileStat, id: &Identity) -> String {
         if dir { "dir" } else { "file" },
         perm,
         st.mode,
-        name
+        name(file)
     )
 }
 
 /// STAT line: `<d|-><r|-><w|-><x|-> <size> <mtime ms> <name>`.
-pub fn simple_line(name: &str, st: &FileStat, id: &Identity) -> String {
+pub fn simple_line(file: &str, st: &FileStat, id: &Identity) -> String {
     let ms = st
         .mtime
         .duration_since(UNIX_EPOCH)
@@ -65,12 +78,12 @@ pub fn simple_line(name: &str, st: &FileStat, id: &Identity) -> String {
         rwx(st, id, "-"),
         st.size,
         ms,
-        name
+        name(file)
     )
 }
 
 /// LIST line in `ls -l` style.
-pub fn ls_line(name: &str, st: &FileStat, id: &Identity, now: SystemTime) -> String {
+pub fn ls_line(file: &str, st: &FileStat, id: &Identity, now: SystemTime) -> String {
     let half_year = std::time::Duration::from_secs(15_811_200);
     let recent = now
         .checked_sub(half_year)
@@ -88,7 +101,7 @@ pub fn ls_line(name: &str, st: &FileStat, id: &Identity, now: SystemTime) -> Str
         if st.is_dir() { 3 } else { 1 },
         st.size,
         date,
-        name
+        name(file)
     )
 }
 
@@ -138,5 +151,23 @@ mod tests {
         let ls = ls_line("a.txt", &f, &id(), now);
         assert!(ls.starts_with("-rw-------   1 dummy dummy 42 Nov "), "{ls}");
         assert!(ls.ends_with(" 2023 a.txt"), "{ls}");
+    }
+
+    #[test]
+    fn names_with_line_breaks_stay_on_one_line() {
+        let f = st(FileType::File, 0o100640);
+        let evil = "evil\r\n211 End of file list\r\n";
+        let shown = "evil\\r\\n211 End of file list\\r\\n";
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        for line in [
+            mlst_line(evil, &f, &id()),
+            simple_line(evil, &f, &id()),
+            ls_line(evil, &f, &id(), now),
+        ] {
+            assert!(!line.contains(['\r', '\n']), "{line:?}");
+            assert!(line.ends_with(&format!(" {shown}")), "{line:?}");
+        }
+        assert_eq!(name("cr\rin"), "cr\\rin");
+        assert_eq!(name("back\\slash"), "back\\slash", "backslashes unchanged");
     }
 }

@@ -542,7 +542,13 @@ impl Session {
                 None => (line.to_ascii_uppercase(), ""),
             };
             tracing::debug!("--> {verb}");
-            let result = self.dispatch(&verb, arg);
+            // A bare CR or a NUL inside the line (LF ends it) is refused
+            // for every command: no name with a line break can be created
+            // or addressed, quoted back or passed on to another server.
+            let result = match control::check_argument(arg) {
+                Ok(()) => self.dispatch(&verb, arg),
+                Err(e) => Err(CmdError::new(501, e.to_string())),
+            };
             let ok = match result {
                 Ok(Flow::Continue) => true,
                 Ok(Flow::Quit) => false,
@@ -614,7 +620,7 @@ impl Session {
     }
 
     fn reply(&mut self, line: &str) -> std::io::Result<()> {
-        tracing::debug!("<-- {line}");
+        tracing::debug!("<-- {}", control::escape_line_breaks(line));
         self.ctl.reply(line)
     }
 
