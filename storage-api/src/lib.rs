@@ -204,8 +204,16 @@ pub trait Storage: Send {
     /// Entries of a directory (without `.` and `..`), in any order.
     fn list(&self, dir: &Path) -> Result<Vec<DirEntry>, StorageError>;
     /// Open a regular file for reading, positioned at `offset`.
+    ///
+    /// Anything that is not a regular file (a FIFO, socket or device node)
+    /// must be refused, and without blocking: opening a FIFO that has no
+    /// writer would otherwise hang the session. The POSIX backend opens
+    /// with `O_NONBLOCK` and checks the opened descriptor with `fstat`;
+    /// it refuses with [`ErrorKind::IsADirectory`] ("not a regular file").
     fn open_read(&self, path: &Path, offset: u64) -> Result<Box<dyn ReadHandle>, StorageError>;
-    /// Open (and create if missing) a regular file for writing.
+    /// Open (and create if missing) a regular file for writing. As for
+    /// [`Storage::open_read`], anything but a regular file is refused
+    /// without blocking.
     fn open_write(
         &self,
         path: &Path,
@@ -359,7 +367,8 @@ pub enum ErrorKind {
     AlreadyExists,
     /// A directory was expected (550).
     NotADirectory,
-    /// A regular file was expected (550).
+    /// A regular file was expected: a directory, FIFO, socket or device
+    /// node was found (550).
     IsADirectory,
     /// The request itself is malformed (501).
     InvalidInput,

@@ -10,6 +10,12 @@
 //! An unconfined session (no base directory, start in `$HOME`) uses the
 //! ordinary path-based calls.
 //!
+//! Files for data transfer are opened with `O_NONBLOCK`, so that a FIFO or
+//! a device node never blocks the open; the opened descriptor is then
+//! checked with `fstat` and anything that is not a regular file is refused
+//! ([`ErrorKind::IsADirectory`], FTP 550, "not a regular file") before the
+//! flag is cleared again.
+//!
 //! Privileges are not handled here: the daemon drops to the user's identity
 //! before it opens the session storage, so every call runs with the user's
 //! uid, gid and groups and files are created owned by the user.
@@ -21,7 +27,7 @@ use std::os::unix::fs::{MetadataExt as StdMetadataExt, OpenOptionsExt, Permissio
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use cap_fs_ext::{DirExt, SystemTimeSpec};
+use cap_fs_ext::{DirExt, OpenOptionsSyncExt, SystemTimeSpec};
 use cap_std::fs::{Dir, MetadataExt as CapMetadataExt};
 use storage_api::{
     DirEntry, ErrorKind, FileStat, FileType, LayoutHints, ReadHandle, Storage, StorageBackend,
@@ -217,6 +223,84 @@ fn seek_to(file: &mut fs::File, offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Why an opened descriptor cannot be used for a data transfer.
+#[derive(Debug)]
+enum NotTransferable {
+    /// A directory.
+    Dir,
+    /// A FIFO, socket or device node.
+    Special,
+    /// `fstat` or `fcntl` failed.
+    Io(io::Error),
+}
+
+/// Checks that `file` (opened with `O_NONBLOCK`) is a regular file and
+/// makes it blocking again, as the transfer code expects ordinary reads
+/// and writes.
+fn ensure_regular(file: &fs::File) -> Result<(), NotTransferable> {
+    let md = file.metadata().map_err(NotTransferable::Io)?;
+    let ft = md.file_type();
+    if ft.is_dir() {
+        return Err(NotTransferable::Dir);
+    }
+    if !ft.is_file() {
+        return Err(NotTransferable::Special);
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is the open descriptor owned by `file`, which lives for
+    // the whole call; F_GETFL takes no further argument and only reads the
+    // descriptor's status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(NotTransferable::Io(io::Error::last_os_error()));
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        // SAFETY: as above; F_SETFL with an int argument only changes the
+        // status flags of this descriptor, here clearing O_NONBLOCK.
+        let rc = unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+        if rc < 0 {
+            return Err(NotTransferable::Io(io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+impl PosixStorage {
+    /// The error for a file that was opened but cannot be transferred.
+    fn not_transferable(&self, path: &Path, why: NotTransferable) -> StorageError {
+        match why {
+            NotTransferable::Dir => StorageError::new(
+                ErrorKind::IsADirectory,
+                format!("{}: is a directory", self.shown(path).display()),
+            ),
+            NotTransferable::Special => self.not_regular(path),
+            NotTransferable::Io(e) => self.err(path, e),
+        }
+    }
+
+    /// The error for a FIFO, socket or device node (FTP 550).
+    fn not_regular(&self, path: &Path) -> StorageError {
+        StorageError::new(
+            ErrorKind::IsADirectory,
+            format!("{}: not a regular file", self.shown(path).display()),
+        )
+    }
+
+    /// The error for a failed open for writing: a non-blocking open of a
+    /// FIFO without a reader fails with `ENXIO`, which means "not a
+    /// regular file" here, as does `ENODEV` for a device without a driver.
+    fn open_write_err(&self, path: &Path, e: io::Error) -> StorageError {
+        match e.raw_os_error() {
+            Some(libc::ENXIO) | Some(libc::ENODEV) => StorageError::with_source(
+                ErrorKind::IsADirectory,
+                self.not_regular(path).to_string(),
+                e,
+            ),
+            _ => self.err(path, e),
+        }
+    }
+}
+
 impl Storage for PosixStorage {
     fn stat(&self, path: &Path) -> Result<FileStat, StorageError> {
         match &self.root {
@@ -273,22 +357,18 @@ impl Storage for PosixStorage {
         let mut file = match &self.root {
             Root::Confined { dir, .. } => {
                 let mut o = cap_std::fs::OpenOptions::new();
-                o.read(true);
+                o.read(true).nonblock(true);
                 dir.open_with(Self::rel(path), &o)
                     .map(|f| f.into_std())
                     .map_err(|e| self.err(path, e))?
             }
-            Root::Open { base } => {
-                fs::File::open(base.join(path)).map_err(|e| self.err(path, e))?
-            }
+            Root::Open { base } => fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(base.join(path))
+                .map_err(|e| self.err(path, e))?,
         };
-        let md = file.metadata().map_err(|e| self.err(path, e))?;
-        if md.is_dir() {
-            return Err(StorageError::new(
-                ErrorKind::IsADirectory,
-                format!("{}: is a directory", self.shown(path).display()),
-            ));
-        }
+        ensure_regular(&file).map_err(|w| self.not_transferable(path, w))?;
         seek_to(&mut file, offset).map_err(|e| self.err(path, e))?;
         Ok(Box::new(PosixReader { file }))
     }
@@ -302,7 +382,7 @@ impl Storage for PosixStorage {
         let mut file = match &self.root {
             Root::Confined { dir, .. } => {
                 let mut o = cap_std::fs::OpenOptions::new();
-                o.write(true).create(true);
+                o.write(true).create(true).nonblock(true);
                 match mode {
                     WriteMode::Truncate => {
                         o.truncate(true);
@@ -314,11 +394,14 @@ impl Storage for PosixStorage {
                 }
                 dir.open_with(Self::rel(path), &o)
                     .map(|f| f.into_std())
-                    .map_err(|e| self.err(path, e))?
+                    .map_err(|e| self.open_write_err(path, e))?
             }
             Root::Open { base } => {
                 let mut o = fs::OpenOptions::new();
-                o.write(true).create(true).mode(0o666);
+                o.write(true)
+                    .create(true)
+                    .mode(0o666)
+                    .custom_flags(libc::O_NONBLOCK);
                 match mode {
                     WriteMode::Truncate => {
                         o.truncate(true);
@@ -328,9 +411,11 @@ impl Storage for PosixStorage {
                     }
                     WriteMode::At(_) => {}
                 }
-                o.open(base.join(path)).map_err(|e| self.err(path, e))?
+                o.open(base.join(path))
+                    .map_err(|e| self.open_write_err(path, e))?
             }
         };
+        ensure_regular(&file).map_err(|w| self.not_transferable(path, w))?;
         if let WriteMode::At(offset) = mode {
             seek_to(&mut file, offset).map_err(|e| self.err(path, e))?;
         }
@@ -394,9 +479,11 @@ impl Storage for PosixStorage {
                     Some(SystemTimeSpec::Absolute(t)),
                 )
             }
+            // O_NONBLOCK: opening a FIFO must not wait for a writer.
             Root::Open { base } => fs::File::options()
                 .write(false)
                 .read(true)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(base.join(path))
                 .and_then(|f| {
                     f.set_times(fs::FileTimes::new().set_accessed(mtime).set_modified(mtime))
@@ -487,6 +574,106 @@ mod tests {
             .map(|e| e.name)
             .collect();
         assert_eq!(names, vec!["f".to_string()]);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Creates a FIFO at `path`.
+    fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo: {}", io::Error::last_os_error());
+    }
+
+    /// Runs `f` on a thread and fails the test if it does not return
+    /// within five seconds (a blocking open would hang forever).
+    fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("storage call blocked")
+    }
+
+    #[test]
+    fn fifo_refused_without_blocking() {
+        let d = tmpdir("fifo");
+        mkfifo(&d.join("pipe"));
+        for confined in [true, false] {
+            let base = d.clone();
+            let (r, w, a) = within_5s(move || {
+                let st = PosixStorage::open(&base, confined).expect("open");
+                let h = LayoutHints::default();
+                let p = Path::new("pipe");
+                let r = st
+                    .open_read(p, 0)
+                    .err()
+                    .map(|e| (e.ftp_code(), e.to_string()));
+                let w = st
+                    .open_write(p, WriteMode::Truncate, &h)
+                    .err()
+                    .map(|e| (e.ftp_code(), e.to_string()));
+                let a = st
+                    .open_write(p, WriteMode::Append, &h)
+                    .err()
+                    .map(|e| (e.ftp_code(), e.to_string()));
+                (r, w, a)
+            });
+            for (what, e) in [("read", r), ("truncate", w), ("append", a)] {
+                let (code, msg) = e.unwrap_or_else(|| panic!("{what} of a FIFO must fail"));
+                assert_eq!(code, 550, "{what}: {msg}");
+                assert!(msg.ends_with("pipe: not a regular file"), "{what}: {msg}");
+            }
+        }
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn fifo_with_reader_refused_for_write() {
+        let d = tmpdir("fifo-rd");
+        mkfifo(&d.join("pipe"));
+        // A reader is present, so the non-blocking open for writing
+        // succeeds; the fstat check must still refuse it.
+        let _reader = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(d.join("pipe"))
+            .expect("reader");
+        let st = PosixStorage::open(&d, true).expect("open");
+        let e = st
+            .open_write(
+                Path::new("pipe"),
+                WriteMode::Truncate,
+                &LayoutHints::default(),
+            )
+            .err()
+            .expect("must fail");
+        assert_eq!(e.ftp_code(), 550);
+        assert!(e.to_string().ends_with("pipe: not a regular file"), "{e}");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn regular_file_is_blocking_after_open() {
+        let d = tmpdir("blocking");
+        fs::write(d.join("f"), b"x").expect("write");
+        let st = PosixStorage::open(&d, true).expect("open");
+        let r = st.open_read(Path::new("f"), 0).expect("read");
+        let w = st
+            .open_write(Path::new("f"), WriteMode::Append, &LayoutHints::default())
+            .expect("write");
+        for fd in [r.raw_fd(), w.raw_fd()] {
+            let fd = fd.expect("posix handles have a descriptor");
+            // SAFETY: `fd` belongs to a handle that is alive here.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            assert!(flags >= 0);
+            assert_eq!(flags & libc::O_NONBLOCK, 0);
+        }
+        let e = st.open_read(Path::new(""), 0).err().expect("dir must fail");
+        assert_eq!(e.kind(), ErrorKind::IsADirectory);
+        assert!(e.to_string().ends_with(": is a directory"), "{e}");
         let _ = fs::remove_dir_all(&d);
     }
 }

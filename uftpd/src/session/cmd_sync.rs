@@ -173,6 +173,9 @@ impl Session {
         if st.is_dir() {
             return Err(CmdError::new(550, format!("{}: is a directory", r.abs)));
         }
+        // Readable and a regular file? Refused before the 200, not in the
+        // middle of the exchange.
+        drop(self.storage.open_read(&r.rel, 0)?);
         let channel = self.sync_channel()?;
         if self.ctl.reply("200 OK").is_err() {
             return Ok(Flow::Quit);
