@@ -15,15 +15,21 @@
 //! * symbolic links: skipped (the storage interface creates none; the
 //!   reference servers wrote empty files for them);
 //! * hard links: stored as a copy of their target when that is a file
-//!   unpacked from the same archive below `<dir>`, else skipped;
+//!   unpacked from the same archive below `<dir>`, else skipped; a hard
+//!   link to itself (GNU `tar cf x.tar a a` stores the second `a` so) or
+//!   to a file that is the destination itself leaves the file as it is;
 //! * device nodes, fifos and other special entries: skipped;
 //! * setuid, setgid and sticky bits: removed (files get the archive's
 //!   `rwx` bits and modification time; directories keep the defaults).
 //!
-//! zip and compressed tar streams are refused with a clear message.
+//! zip and compressed tar streams are refused with a clear message. A
+//! stream that ends inside a member's data stops the unpacking: the
+//! partial file is removed and the reply names the member; the files
+//! unpacked before it stay.
 
 use std::io::{self, Read};
 use std::net::TcpStream;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,6 +91,16 @@ enum ArchiveError {
     /// Writing failed in a way that stops everything (disk full).
     #[error("{0}")]
     Storage(StorageError),
+    /// The stream ended inside the data of a member.
+    #[error("archive ended inside '{name}' ({got} of {size} bytes)")]
+    Truncated {
+        /// The member's name as given in the archive.
+        name: String,
+        /// Bytes of its data that arrived.
+        got: u64,
+        /// Its size in the header.
+        size: u64,
+    },
 }
 
 /// The data channel as a reader that remembers whether a read failed (so
@@ -281,12 +297,16 @@ impl Session {
                     ArchiveError::Storage(s) if s.kind() == ErrorKind::NoSpace => 552,
                     ArchiveError::Network(_)
                     | ArchiveError::Format(_)
-                    | ArchiveError::Storage(_) => 500,
+                    | ArchiveError::Storage(_)
+                    | ArchiveError::Truncated { .. } => 500,
                 };
-                Err(CmdError::new(
-                    code,
-                    format!("{e} (after unpacking {} file(s))", report.files),
-                ))
+                let msg = match &e {
+                    ArchiveError::Truncated { .. } => {
+                        format!("{e}; {} file(s) unpacked before", report.files)
+                    }
+                    _ => format!("{e} (after unpacking {} file(s))", report.files),
+                };
+                Err(CmdError::new(code, msg))
             }
         }
     }
@@ -392,9 +412,15 @@ impl Session {
             let mtime = entry.header().mtime().ok();
             let size = entry.size();
             let written = match &link_source {
-                None => self.write_entry(&resolved.rel, &mut entry, size),
+                None => self.write_entry(&resolved.rel, &mut entry, Some(size)),
+                Some(from) if *from == resolved.rel => Err(EntryError::Skip(
+                    "hard link to itself, file left as it is".into(),
+                )),
                 Some(from) => match self.storage.open_read(from, 0) {
-                    Ok(mut r) => self.write_entry(&resolved.rel, &mut r, 0),
+                    Ok(r) if self.is_same_file(&*r, &resolved.rel) => Err(EntryError::Skip(
+                        "hard link to the file it replaces, file left as it is".into(),
+                    )),
+                    Ok(mut r) => self.write_entry(&resolved.rel, &mut r, None),
                     Err(e) => Err(EntryError::Skip(e.to_string())),
                 },
             };
@@ -407,6 +433,13 @@ impl Session {
                 Err(EntryError::Skip(why)) => {
                     report.note(&raw_name, &format!("skipped: {why}"));
                     continue;
+                }
+                Err(EntryError::Short(got)) => {
+                    return Err(Failure::Stop(ArchiveError::Truncated {
+                        name: printable(&raw_name),
+                        got,
+                        size,
+                    }));
                 }
                 Err(EntryError::Stop(e)) => return Err(e),
             }
@@ -448,10 +481,39 @@ impl Session {
         Ok(resolved.rel)
     }
 
-    /// Creates (truncates) `rel` and copies `data` into it.
-    fn write_entry(&self, rel: &Path, data: &mut dyn Read, size: u64) -> Result<u64, EntryError> {
+    /// Whether the file open in `source` is the file at `dest` (the same
+    /// device and inode), which truncating `dest` would destroy. Opens
+    /// `dest` without truncating it; false when that or a check fails, or
+    /// when the backend has no descriptors (then only equal paths are
+    /// caught, by the caller).
+    fn is_same_file(&self, source: &dyn storage_api::ReadHandle, dest: &Path) -> bool {
+        let Some(src_fd) = source.raw_fd() else {
+            return false;
+        };
         let hints = LayoutHints {
-            expected_size: Some(size),
+            expected_size: None,
+            streams: 1,
+        };
+        let Ok(w) = self.storage.open_write(dest, WriteMode::At(0), &hints) else {
+            return false;
+        };
+        match (file_id(src_fd), w.raw_fd().and_then(file_id)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// Creates (truncates) `rel` and copies `data` into it. With
+    /// `expected` (a member's size), data that ends early removes the
+    /// file again and gives [`EntryError::Short`].
+    fn write_entry(
+        &self,
+        rel: &Path,
+        data: &mut dyn Read,
+        expected: Option<u64>,
+    ) -> Result<u64, EntryError> {
+        let hints = LayoutHints {
+            expected_size: Some(expected.unwrap_or(0)),
             streams: 1,
         };
         let mut w = match self.storage.open_write(rel, WriteMode::Truncate, &hints) {
@@ -478,6 +540,13 @@ impl Session {
             }
             total += n as u64;
         }
+        if let Some(size) = expected
+            && total < size
+        {
+            drop(w);
+            let _ = self.storage.unlink(rel);
+            return Err(EntryError::Short(total));
+        }
         if let Err(e) = w.finish() {
             let _ = self.storage.unlink(rel);
             return Err(EntryError::Stop(Failure::Stop(ArchiveError::Storage(e))));
@@ -490,6 +559,9 @@ impl Session {
 enum EntryError {
     /// Skip this entry, go on with the next.
     Skip(String),
+    /// The archive ended after this many bytes of the entry's data; the
+    /// partial file was removed.
+    Short(u64),
     /// Stop unpacking.
     Stop(Failure),
 }
@@ -500,6 +572,18 @@ enum Failure {
     Read(io::Error),
     /// Anything else.
     Stop(ArchiveError),
+}
+
+/// Device and inode of an open descriptor.
+fn file_id(fd: RawFd) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: `fd` belongs to a storage handle that the caller keeps open
+    // (borrowed) for the whole call; it is only duplicated here.
+    let owned = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .ok()?;
+    let md = std::fs::File::from(owned).metadata().ok()?;
+    Some((md.dev(), md.ino()))
 }
 
 /// A read error: the data connection's, or a stream we cannot read.
