@@ -142,44 +142,51 @@ def test_fifo_in_listing_unchanged(site):
 
 
 # ------------------------------------------------------------------ archives
+@pytest.fixture
+def own_site(site_factory, daemon_factory):
+    """A site on a daemon of its own: the skip warnings these tests cause stay out
+    of the shared daemon's log, which other tests search for "skipped"."""
+    return site_factory(daemon=daemon_factory())
+
+
 def store_archive(site, target, payload):
     c = site.control()
     assert c.cmd("TYPE ARCHIVE").code == 200
     return c, c.stor(target, payload)[1]
 
 
-def test_archive_hard_link_to_itself_keeps_the_file(site):
+def test_archive_hard_link_to_itself_keeps_the_file(own_site):
     data = os.urandom(70_000)
     payload = tar_bytes([file_entry("a", data), hard_link("a", "a")])
-    c, r = store_archive(site, "t", payload)
+    c, r = store_archive(own_site, "t", payload)
     assert r.lines == ["226 File transfer successful"], r
-    assert site.path("t/a").read_bytes() == data
-    assert "hard link to itself" in site.daemon.log_text()
+    assert own_site.path("t/a").read_bytes() == data
+    assert "hard link to itself" in own_site.daemon.log_text()
     assert_alive(c)
 
 
-def test_archive_hard_link_onto_the_same_file_keeps_it(site):
+def test_archive_hard_link_onto_the_same_file_keeps_it(own_site):
     """b is already a hard link of a on disk: copying a onto b would truncate a."""
-    site.mkdir("t")
-    site.put("t/a", b"old")
-    os.link(site.path("t/a"), site.path("t/b"))
+    own_site.mkdir("t")
+    own_site.put("t/a", b"old")
+    os.link(own_site.path("t/a"), own_site.path("t/b"))
     data = os.urandom(10_000)
     payload = tar_bytes([file_entry("a", data), hard_link("b", "a")])
-    _, r = store_archive(site, "t", payload)
+    _, r = store_archive(own_site, "t", payload)
     assert r.code == 226, r
-    assert site.path("t/a").read_bytes() == data
-    assert site.path("t/b").read_bytes() == data
+    assert own_site.path("t/a").read_bytes() == data
+    assert own_site.path("t/b").read_bytes() == data
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="no tar")
-def test_archive_gnu_tar_duplicate_member(site, tmp_path):
+def test_archive_gnu_tar_duplicate_member(own_site, tmp_path):
     """GNU `tar cf dup.tar a a` stores the second `a` as a hard link to `a`."""
     data = os.urandom(20_000)
     (tmp_path / "a").write_bytes(data)
     subprocess.run(["tar", "cf", "dup.tar", "a", "a"], cwd=tmp_path, check=True)
-    _, r = store_archive(site, "g", (tmp_path / "dup.tar").read_bytes())
+    _, r = store_archive(own_site, "g", (tmp_path / "dup.tar").read_bytes())
     assert r.code == 226, r
-    assert site.path("g/a").read_bytes() == data
+    assert own_site.path("g/a").read_bytes() == data
 
 
 def test_archive_ending_inside_a_member(site):
