@@ -14,26 +14,7 @@ import time
 import pytest
 
 from helpers import users as u
-
-
-def tar_bytes(members, fmt=tarfile.GNU_FORMAT):
-    """members: list of (TarInfo, data or None)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-            else:
-                t.addfile(info)
-    return buf.getvalue()
-
-
-def file_entry(name, data, mode=0o644, mtime=1_600_000_000):
-    info = tarfile.TarInfo(name)
-    info.mode = mode
-    info.mtime = mtime
-    return info, data
+from helpers.tarballs import file_entry, tar_bytes
 
 
 def special(name, kind, **kw):

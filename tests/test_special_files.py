@@ -6,7 +6,6 @@ that blocks: RETR, STOR, APPE, HASH and SYNC of one get a prompt 550
 to itself leaves the file as it is, and a stream that ends inside a
 member's data removes the partial file and names the member."""
 
-import io
 import os
 import shutil
 import stat
@@ -17,29 +16,10 @@ import time
 import pytest
 
 from helpers import users as u
+from helpers.tarballs import file_entry, tar_bytes
 
 # A reply must come well before this; a blocking open never answers.
 PROMPT = 10
-
-
-def tar_bytes(members, fmt=tarfile.GNU_FORMAT):
-    """members: list of (TarInfo, data or None)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt) as t:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-            else:
-                t.addfile(info)
-    return buf.getvalue()
-
-
-def file_entry(name, data, mode=0o644, mtime=1_600_000_000):
-    info = tarfile.TarInfo(name)
-    info.mode = mode
-    info.mtime = mtime
-    return info, data
 
 
 def hard_link(name, target):
