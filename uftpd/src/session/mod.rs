@@ -685,17 +685,23 @@ impl Session {
         Ok(())
     }
 
+    /// The path `r` really names when symbolic links inside the base make
+    /// it another one ([`paths::real_within`]); `None` when it is the same
+    /// or cannot be resolved.
+    fn real_path(&self, r: &Resolved) -> Option<String> {
+        self.base_real
+            .as_deref()
+            .and_then(|b| paths::real_within(&self.base, b, &r.rel))
+            .filter(|real| *real != r.abs)
+    }
+
     /// For renaming the directory `r`: no excluded or write-protected
     /// path may lie below it (as given, or as its symbolic links inside
     /// the base make it), or the rename would move such paths to names
     /// the patterns do not match (`RNFR .ssh`, `RNTO keys`), or, as the
     /// target, move other files to protected names.
     fn check_subtree(&self, r: &Resolved) -> Result<(), CmdError> {
-        let real = self
-            .base_real
-            .as_deref()
-            .and_then(|b| paths::real_within(&self.base, b, &r.rel))
-            .filter(|real| *real != r.abs);
+        let real = self.real_path(r);
         for abs in std::iter::once(&r.abs).chain(real.as_ref()) {
             if let Some(p) = self.excludes.matching_below(abs) {
                 return Err(CmdError::new(
@@ -724,12 +730,7 @@ impl Session {
         if write {
             self.check_writable(&r.abs)?;
         }
-        if let Some(real) = self
-            .base_real
-            .as_deref()
-            .and_then(|b| paths::real_within(&self.base, b, &r.rel))
-            && real != r.abs
-        {
+        if let Some(real) = self.real_path(&r) {
             self.check_access(&real)?;
             if write {
                 self.check_writable(&real)?;
