@@ -193,24 +193,15 @@ def test_server_leader_records(site, codecs):
         assert c.cmd("NOOP").lines == ["200 OK"]
 
 
-def test_leader_sends_small_file_as_one_record(site):
-    site.put("small", data=b"hello world")
-    c = site.control()
-    _, s = c.pasv()
-    with s:
-        assert c.cmd("SYNC-TO-CLIENT small").code == 200
-        s.sendall(encode_sums(512, []))
-        assert recv_exact(s, 12 + 11) == struct.pack(">IQ", END, 11) + b"hello world"
-
-
-def test_leader_sends_small_unchanged_file_as_one_record(site):
+@pytest.mark.parametrize("follower_has", [b"", b"hello world"], ids=["empty", "same"])
+def test_leader_sends_small_file_as_one_record(site, follower_has):
     """Shorter than one block: one record, even when the follower has the same bytes."""
     site.put("small", data=b"hello world")
     c = site.control()
     _, s = c.pasv()
     with s:
         assert c.cmd("SYNC-TO-CLIENT small").code == 200
-        s.sendall(encode_sums(512, block_sums(b"hello world", 512)))
+        s.sendall(encode_sums(512, block_sums(follower_has, 512)))
         assert recv_exact(s, 12 + 11) == struct.pack(">IQ", END, 11) + b"hello world"
         assert c.cmd("NOOP").lines == ["200 OK"]
 
